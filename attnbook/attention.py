@@ -155,7 +155,7 @@ def padding_mask(lengths: Tensor | list[int], M: int) -> Tensor:
     if lengths.ndim != 1:
         raise ValueError(f"lengths must be 1-D (B,), got shape {tuple(lengths.shape)}")
     if (lengths < 0).any() or (lengths > M).any():
-        raise ValueError(f"every length must lie in [0, M={M}], got {lengths.tolist()}")
+        raise ValueError(f"every entry of lengths must lie in [0, M={M}], got {lengths.tolist()}")
     return torch.arange(M, device=lengths.device)[None, :] < lengths[:, None]  # (B, M)
 
 
