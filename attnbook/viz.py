@@ -70,8 +70,7 @@ def plot_attention_heads(
     if causal:
         hidden = np.arange(M)[None, :] > np.arange(N)[:, None] + (M - N)  # (N, M)
         w = np.where(hidden[None], np.nan, w)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     for h, ax in enumerate(axes.flat):
         if h >= H:
             ax.axis("off")

@@ -16,7 +16,6 @@ from typing import Callable, Mapping
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
-from IPython.display import display
 from matplotlib.figure import Figure
 
 __all__ = ["Explorer", "explorer"]
@@ -30,17 +29,16 @@ def _png(fig: Figure, dpi: int = 90) -> bytes:
 
 
 class Explorer:
-    """A live explorer: controls above an output area redrawn by ``render(**values)``."""
+    """A live explorer: controls above an image redrawn by ``render(**values)``."""
 
     def __init__(self, render: Callable[..., Figure], controls: Mapping[str, widgets.ValueWidget], title: str = ""):
         self.render = render
         self.controls = dict(controls)
-        self.output = widgets.Output()
-        self.png = b""
+        self.image = widgets.Image(format="png")
         for control in self.controls.values():
             control.observe(lambda change: self.redraw(), names="value")
         header = [widgets.HTML(f"<b>{title}</b>")] if title else []
-        self.box = widgets.VBox(header + [widgets.HBox(list(self.controls.values()), layout=widgets.Layout(flex_flow="row wrap")), self.output])
+        self.box = widgets.VBox(header + [widgets.HBox(list(self.controls.values()), layout=widgets.Layout(flex_flow="row wrap")), self.image])
         self.redraw()
 
     @property
@@ -51,11 +49,13 @@ class Explorer:
         """The figure for the current values, with ``overrides`` applied (not displayed)."""
         return self.render(**{**self.values, **overrides})
 
+    @property
+    def png(self) -> bytes:
+        """The PNG bytes of the figure shown now."""
+        return bytes(self.image.value)
+
     def redraw(self) -> None:
-        self.png = _png(self.figure())
-        self.output.clear_output(wait=True)
-        with self.output:
-            display(widgets.Image(value=self.png, format="png"))
+        self.image.value = _png(self.figure())
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         # The widget view for live front ends, the PNG and a text line for static ones.
