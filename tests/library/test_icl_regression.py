@@ -1,0 +1,199 @@
+"""attnbook.mechanisms.icl_regression and attnbook.tasks.linear_regression: anchors and equivalences."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnbook.attention import scaled_dot_product_attention
+from attnbook.mechanisms.icl_regression import (
+    ICLRegressor,
+    constructed_weights,
+    debiased_gd,
+    effective_step,
+    extract_omega_mu,
+    icl_attention,
+    linear_icl_attention,
+    merge_projections,
+    paired_optimal_step,
+    reduced_loss,
+    ridge_predict,
+    single_head_optimum,
+    vanilla_gd,
+)
+from attnbook.tasks.linear_regression import linear_regression_prompts
+
+f64 = dict(dtype=torch.float64)
+
+
+def _prompts(B, L, d, seed=0, **kwargs):
+    return linear_regression_prompts(B, L, d, 0.1, torch.Generator().manual_seed(seed), dtype=torch.float64, **kwargs)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 3), H=st.integers(1, 4), L=st.integers(1, 12), d=st.integers(1, 7), seed=st.integers(0, 10_000))
+def test_icl_attention_equals_torch_sdpa(B, H, L, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    Z, zq, _, _ = _prompts(B, L, d, seed)
+    D = d + 1
+    A, u = torch.randn(H, D, D, generator=g, **f64), torch.randn(H, D, generator=g, **f64)
+    y_hat, w = icl_attention(Z, zq, A, u, return_weights=True)
+    q = torch.einsum("hde,be->bhd", A, zq)[:, :, None]  # (B, H, 1, D)
+    v = torch.einsum("hd,bld->bhl", u, Z)[..., None]  # (B, H, L, 1)
+    ref = F.scaled_dot_product_attention(q, Z[:, None].expand(B, H, L, D), v)[:, :, 0, 0].sum(1)
+    torch.testing.assert_close(y_hat, ref, atol=1e-10, rtol=1e-10)
+    assert w.shape == (B, H, L)
+    torch.testing.assert_close(w.sum(-1), torch.ones(B, H, **f64))
+
+
+def test_equals_masked_multi_head_attention_on_the_full_sequence():
+    """Plain per-head attention over [Z; z_q], the query's self position hidden, read at the end."""
+    g = torch.Generator().manual_seed(1)
+    B, L, d, H = 3, 9, 4, 3
+    D = d + 1
+    Z, zq, _, _ = _prompts(B, L, d)
+    w_q, w_k, w_v = (torch.randn(H, D, D, generator=g, **f64) for _ in range(3))
+    w_o = torch.randn(H, D, generator=g, **f64)
+    seq = torch.cat([Z, zq[:, None]], 1)  # (B, L+1, D)
+    q = torch.einsum("bnd,hde->bhne", seq, w_q)  # (B, H, L+1, D)
+    k = torch.einsum("bnd,hde->bhne", seq, w_k)
+    v = torch.einsum("bnd,hde->bhne", seq, w_v)
+    mask = torch.ones(L + 1, L + 1, dtype=torch.bool).tril(-1)  # every token sees only earlier ones
+    mask[0, 0] = True  # (the first row must see something; it is not read)
+    out, _ = scaled_dot_product_attention(q, k, v, mask)  # (B, H, L+1, D)
+    ref = torch.einsum("bhd,hd->b", out[:, :, -1], w_o)
+    A, u = merge_projections(w_q, w_k, w_v, w_o)
+    torch.testing.assert_close(icl_attention(Z, zq, A, u), ref, atol=1e-10, rtol=1e-10)
+
+
+def test_permutation_invariance_and_single_token():
+    g = torch.Generator().manual_seed(2)
+    Z, zq, _, _ = _prompts(4, 11, 5)
+    A, u = torch.randn(2, 6, 6, generator=g, **f64), torch.randn(2, 6, generator=g, **f64)
+    perm = torch.randperm(11, generator=g)
+    torch.testing.assert_close(icl_attention(Z[:, perm], zq, A, u), icl_attention(Z, zq, A, u))
+    one = Z[:, :1]
+    torch.testing.assert_close(icl_attention(one, zq, A, u), (u @ one[:, 0].T).sum(0))
+
+
+def test_constructed_weights_give_the_kernel_predictor():
+    Z, zq, _, _ = _prompts(5, 13, 4)
+    omega, mu = torch.tensor([0.3, -0.7], **f64), torch.tensor([1.5, 2.0], **f64)
+    A, u = constructed_weights(omega, mu, 5)
+    x, y, xq = Z[..., :-1], Z[..., -1], zq[:, :-1]
+    s = torch.einsum("bld,bd->bl", x, xq)
+    ref = sum(mu[h] * (torch.softmax(omega[h] * s, -1) * y).sum(-1) for h in range(2))
+    torch.testing.assert_close(icl_attention(Z, zq, A, u), ref)
+    got_omega, got_mu, ratio = extract_omega_mu(A, u)
+    torch.testing.assert_close(got_omega, omega)
+    torch.testing.assert_close(got_mu, mu)
+    assert ratio == 0.0
+
+
+def test_opposite_pair_matches_debiased_gd_to_second_order():
+    Z, zq, _, _ = _prompts(2000, 40, 5)
+    eta = 0.9
+    errors = []
+    for w in (0.02, 0.01):
+        A, u = constructed_weights(torch.tensor([w, -w], **f64), torch.tensor([eta / (2 * w), -eta / (2 * w)], **f64), 6)
+        p, q = icl_attention(Z, zq, A, u), debiased_gd(Z, zq, eta)
+        errors.append(((p - q).pow(2).mean() / q.pow(2).mean()).sqrt().item())
+    assert 3.5 < errors[0] / errors[1] < 4.5  # halving ω divides the error by 4: O(ω²)
+    assert errors[1] < 1e-3
+
+
+def test_debiasing_invariance():
+    Z, zq, _, _ = _prompts(50, 20, 3)
+    shifted = Z.clone()
+    shifted[..., -1] += 3.0
+    torch.testing.assert_close(debiased_gd(shifted, zq, 0.7), debiased_gd(Z, zq, 0.7))
+    assert not torch.allclose(vanilla_gd(shifted, zq, 0.7), vanilla_gd(Z, zq, 0.7))
+    centred = Z.clone()
+    centred[..., :-1] -= centred[..., :-1].mean(1, keepdim=True)
+    torch.testing.assert_close(debiased_gd(centred, zq, 0.7), vanilla_gd(centred, zq, 0.7))
+    # centring the labels instead of the covariates is the same predictor
+    x, y, xq = Z[..., :-1], Z[..., -1], zq[:, :-1]
+    same = 0.7 * torch.einsum("bl,bld,bd->b", y - y.mean(1, keepdim=True), x, xq) / 20
+    torch.testing.assert_close(debiased_gd(Z, zq, 0.7), same)
+
+
+def test_ridge_is_least_squares_on_the_augmented_system():
+    Z, zq, _, _ = _prompts(6, 9, 4)
+    lam = 0.4
+    for b in range(6):
+        X, y = Z[b, :, :-1], Z[b, :, -1]
+        X_aug = torch.cat([X, math.sqrt(lam) * torch.eye(4, **f64)])
+        y_aug = torch.cat([y, torch.zeros(4, **f64)])
+        beta = torch.linalg.lstsq(X_aug, y_aug[:, None]).solution[:, 0]
+        torch.testing.assert_close(ridge_predict(Z[b:b + 1], zq[b:b + 1], lam)[0], zq[b, :-1] @ beta)
+
+
+def test_linear_attention_is_the_explicit_sum():
+    g = torch.Generator().manual_seed(3)
+    Z, zq, _, _ = _prompts(3, 7, 3)
+    A, u = torch.randn(2, 4, 4, generator=g, **f64), torch.randn(2, 4, generator=g, **f64)
+    ref = sum((Z[:, l] @ A[h] * zq).sum(-1) / 2.0 * (Z[:, l] @ u[h]) for h in range(2) for l in range(7)) / 7
+    torch.testing.assert_close(linear_icl_attention(Z, zq, A, u), ref)
+    torch.testing.assert_close(linear_icl_attention(Z, zq, A, u, length=14), ref / 2)
+
+
+def test_reduced_loss_optima():
+    d, L, s2 = 5, 40, 0.1
+    w, m = single_head_optimum(d, L, s2)
+    assert math.isclose(w, 1 / math.sqrt(5)) and math.isclose(m, math.sqrt(5) / (1 + 1.1 * 5 * math.e / 40))
+    best = reduced_loss(torch.tensor([w]), torch.tensor([m]), d=d, L=L, sigma2=s2)
+    for dw in (-0.05, 0.05):
+        for dm in (-0.1, 0.0, 0.1):
+            assert reduced_loss(torch.tensor([w + dw]), torch.tensor([m + dm]), d=d, L=L, sigma2=s2) > best
+    # A ±ω pair with ω -> 0 and 2ωμ = η* reaches 1 + σ² - η*, below the single head's best.
+    eta = paired_optimal_step(d, L, s2)
+    small = reduced_loss(torch.tensor([1e-4, -1e-4]), torch.tensor([eta / 2e-4, -eta / 2e-4]), d=d, L=L, sigma2=s2)
+    assert abs(small.item() - (1 + s2 - eta)) < 1e-3 and small < best
+    assert math.isclose(effective_step(torch.tensor([0.2, -0.2]), torch.tensor([2.0, -2.0])).item(), 0.8, rel_tol=1e-6)
+
+
+def test_regressor_merges_its_projections_and_validates():
+    model = ICLRegressor(3, 2, generator=torch.Generator().manual_seed(0))
+    Z, zq, _, _ = linear_regression_prompts(5, 8, 3, 0.1, torch.Generator().manual_seed(0))
+    A, u = model.merged()
+    torch.testing.assert_close(model(Z, zq), icl_attention(Z, zq, A, u))
+    linear = ICLRegressor(3, 2, attention="linear", train_length=8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(linear(Z, zq), linear_icl_attention(Z, zq, *linear.merged(), length=8))
+    assert len(model.pattern()) == 3
+    with pytest.raises(ValueError, match="train_length"):
+        ICLRegressor(3, 2, attention="linear")
+    with pytest.raises(ValueError, match="attention"):
+        ICLRegressor(3, 2, attention="cosine")
+
+
+def test_bad_shapes_name_the_argument():
+    Z, zq, _, _ = _prompts(2, 5, 3)
+    A, u = torch.randn(2, 4, 4, **f64), torch.randn(2, 4, **f64)
+    with pytest.raises(ValueError, match="Z must have shape"):
+        icl_attention(Z[0], zq, A, u)
+    with pytest.raises(ValueError, match="zq must have shape"):
+        icl_attention(Z, zq[:, :3], A, u)
+    with pytest.raises(ValueError, match="A must have shape"):
+        icl_attention(Z, zq, A[:, :3], u)
+    with pytest.raises(ValueError, match="u must have shape"):
+        icl_attention(Z, zq, A, u[:1])
+    with pytest.raises(ValueError, match="w_o"):
+        merge_projections(A, A, A, u[:, :2])
+
+
+def test_prompt_generator():
+    g = torch.Generator().manual_seed(4)
+    Z, zq, yq, beta = linear_regression_prompts(7, 5, 3, 0.2, g)
+    assert Z.shape == (7, 5, 4) and zq.shape == (7, 4) and yq.shape == (7,) and beta.shape == (7, 3)
+    assert Z.dtype == torch.float32 and (zq[:, -1] == 0).all()
+    again = linear_regression_prompts(7, 5, 3, 0.2, torch.Generator().manual_seed(4))
+    assert all(torch.equal(a, b) for a, b in zip((Z, zq, yq, beta), again))
+    noiseless = linear_regression_prompts(4, 6, 2, 0.0, torch.Generator().manual_seed(5), y_shift=1.5)
+    torch.testing.assert_close(noiseless.Z[..., -1], torch.einsum("bld,bd->bl", noiseless.Z[..., :-1], noiseless.beta) + 1.5)
+    torch.testing.assert_close(noiseless.yq, (noiseless.zq[:, :-1] * noiseless.beta).sum(-1) + 1.5)
+    with pytest.raises(ValueError, match="sigma2"):
+        linear_regression_prompts(2, 3, 2, -1.0)
+    with pytest.raises(ValueError, match="L="):
+        linear_regression_prompts(2, 0, 2)
