@@ -1,0 +1,318 @@
+r"""Complex rotations of queries and keys: RoPE, its polar (Euler) form, adaptive rotations.
+
+Derivation (chapter 04). Start from one head of chapter 00, score(m, n) = q_m · k_n / sqrt(d),
+and read the d coordinates of a query as d/2 complex numbers ("pairs"),
+
+    q̂_{m,j} = q_{m,2j} + i q_{m,2j+1},   j = 0 ... d/2 - 1        (interleaved pairing)
+
+so that q_m · k_n = Σ_j Re[ q̂_{m,j} conj(k̂_{n,j}) ].
+
+RoPE (Su et al.) multiplies pair j of the token at position m by e^{i m θ_j},
+θ_j = base^{-2j/d}. Because |e^{i m θ}| = 1 and e^{i m θ} conj(e^{i n θ}) = e^{i (m-n) θ},
+
+    score(m, n) = Σ_j Re[ q̂_{m,j} conj(k̂_{n,j}) e^{i (m-n) θ_j} ] / sqrt(d),
+
+which depends on the positions only through m - n (the relative-position property).
+
+Euler (polar) form (EulerFormer, Tian et al.): q̂ = λ^q e^{i φ^q} with λ = |q̂|, φ = atan2(p, r).
+Then
+
+    score(m, n) = Σ_j λ^q_{m,j} λ^k_{n,j} cos( (φ^q_{m,j} - φ^k_{n,j}) + (m - n) θ_j ) / sqrt(d):
+
+a *semantic* angle difference plus a *positional* one, weighted by the magnitudes.
+
+Adaptive differential rotation (EulerFormer): replace the semantic difference by
+δ (φ^q - φ^k) + b, with a learnable scale δ and a bias b added to the QUERY angle only
+(added to both, it would cancel in the difference):
+
+    score(m, n) = Σ_j λ^q λ^k cos( δ_j (φ^q_{m,j} - φ^k_{n,j}) + b_j + (m - n) θ_j ) / sqrt(d).
+
+Because the map is linear in the angles it factorises per token: rotate every query to angle
+δ φ^q + m θ + b and every key to δ φ^k + n θ, keep the magnitudes, and take an ordinary dot
+product (:func:`euler_rotate`). δ = 1, b = 0 is RoPE; θ = 0 as well is plain attention.
+Per-head δ_{h,j}, b_{h,j} is the book's reading of ComplexFormer (a withdrawn paper): one set
+of adaptation parameters per head instead of one per layer.
+
+Pitfall: φ lives in (-π, π]. When a pair crosses the negative real axis, δ φ jumps by 2π δ,
+a full turn only for integer δ; for other δ the rotated vector is discontinuous in the input.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..attention import scaled_dot_product_attention, split_heads, merge_heads
+
+__all__ = [
+    "rope_frequencies",
+    "split_pairs",
+    "merge_pairs",
+    "rope",
+    "euler_transform",
+    "euler_rotate",
+    "complex_rotation_scores",
+    "adaptive_rotation_attention",
+    "AdaptiveRotaryAttention",
+    "RotaryTransformer",
+    "MODES",
+]
+
+PAIRINGS = ("interleaved", "half")
+MODES = ("nope", "rope", "shared", "per_head")
+
+
+def rope_frequencies(d: int, base: float = 10000.0, *, dtype: torch.dtype = torch.float32,
+                     device: torch.device | str | None = None) -> Tensor:
+    r"""θ_j = base^{-2j/d} for j = 0 ... d/2 - 1, shape (d/2,): fast pairs first, slow last."""
+    if d < 2 or d % 2:
+        raise ValueError(f"the head width d must be even and >= 2 (pairs of coordinates), got d={d}")
+    j = torch.arange(d // 2, dtype=torch.float64, device=device)
+    return (base ** (-2.0 * j / d)).to(dtype)  # (d/2,)
+
+
+def split_pairs(x: Tensor, pairing: str = "interleaved") -> tuple[Tensor, Tensor]:
+    r"""(..., d) -> real parts r and imaginary parts p, each (..., d/2).
+
+    ``"interleaved"`` pairs coordinates (2j, 2j+1) (RoFormer, EulerFormer's recommender code);
+    ``"half"`` pairs (j, j + d/2) (the GPT-NeoX / LLaMA layout). Both are valid conventions,
+    but queries, keys and any reference must use the same one.
+    """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    d = x.shape[-1]
+    if d % 2:
+        raise ValueError(f"the last dimension of x (head width d) must be even to form pairs, got shape {tuple(x.shape)}")
+    if pairing == "interleaved":
+        return x[..., 0::2], x[..., 1::2]  # (..., d/2) each
+    return x[..., : d // 2], x[..., d // 2:]
+
+
+def merge_pairs(r: Tensor, p: Tensor, pairing: str = "interleaved") -> Tensor:
+    """Inverse of :func:`split_pairs`: (..., d/2) twice -> (..., d)."""
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    if pairing == "interleaved":
+        return torch.stack([r, p], dim=-1).flatten(-2)  # (..., d/2, 2) -> (..., d)
+    return torch.cat([r, p], dim=-1)
+
+
+def _check_rotation_args(x: Tensor, pos: Tensor, theta: Tensor, name: str = "x") -> None:
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have shape (..., N, d), got {tuple(x.shape)}")
+    N, d = x.shape[-2], x.shape[-1]
+    if d % 2:
+        raise ValueError(f"the head width of {name} must be even (pairs of coordinates), got {name} of shape {tuple(x.shape)}")
+    if pos.shape != (N,):
+        raise ValueError(f"pos must have shape (N,) = ({N},) for {name} of shape {tuple(x.shape)}, got {tuple(pos.shape)}")
+    if theta.shape != (d // 2,):
+        raise ValueError(f"theta must have shape (d/2,) = ({d // 2},), got {tuple(theta.shape)}")
+
+
+def _work_dtype(x: Tensor) -> torch.dtype:
+    # atan2, sqrt and the eps below need at least float32 (1e-12 underflows in float16)
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def rope(x: Tensor, pos: Tensor, theta: Tensor, pairing: str = "interleaved") -> Tensor:
+    r"""Rotary position embedding: pair j of token m times e^{i m θ_j}, as complex numbers.
+
+    Args:
+        x: queries or keys (..., N, d), d even.
+        pos: positions (N,), integer or float.
+        theta: frequencies (d/2,), e.g. :func:`rope_frequencies`.
+    Returns:
+        (..., N, d), same dtype as x.
+    """
+    pos, theta = torch.as_tensor(pos, device=x.device), torch.as_tensor(theta, device=x.device)
+    _check_rotation_args(x, pos, theta)
+    work = _work_dtype(x)
+    r, p = split_pairs(x.to(work), pairing)
+    z = torch.complex(r, p)  # (..., N, d/2): q̂ = r + i p
+    angle = pos.to(work)[:, None] * theta.to(work)  # (N, d/2): m θ_j
+    # q̂' = q̂ · e^{i m θ_j}
+    z = z * torch.polar(torch.ones_like(angle), angle)
+    return merge_pairs(z.real, z.imag, pairing).to(x.dtype)
+
+
+def euler_transform(x: Tensor, eps: float = 1e-12, pairing: str = "interleaved") -> tuple[Tensor, Tensor]:
+    r"""Polar form of the pairs: λ = sqrt(r² + p² + eps), φ = atan2(p, r) ∈ (-π, π].
+
+    eps keeps the gradient of λ finite at a zero pair (d sqrt(u)/du is infinite at u = 0).
+    Returns (λ, φ), each (..., d/2), in float32 or float64.
+    """
+    work = _work_dtype(x)
+    r, p = split_pairs(x.to(work), pairing)
+    # λ = |q̂|, φ = arg q̂
+    return torch.sqrt(r * r + p * p + eps), torch.atan2(p, r)
+
+
+def euler_rotate(x: Tensor, pos: Tensor, theta: Tensor, delta: Tensor | float = 1.0, bias: Tensor | float = 0.0,
+                 *, eps: float = 1e-12, pairing: str = "interleaved") -> Tensor:
+    r"""Adaptive rotation of one side (queries or keys): angle δ φ + pos θ + b, magnitude kept.
+
+    Args:
+        x: (..., N, d), e.g. (B, H, N, d); d even.
+        pos: positions (N,).
+        theta: frequencies (d/2,).
+        delta: semantic-angle scale, broadcastable to (..., N, d/2): a float, (d/2,) shared by
+            the heads, or (H, 1, d/2) per head.
+        bias: semantic-angle bias, same shapes as delta. Pass it for the QUERIES only.
+        eps: added under the square root of λ.
+    Returns:
+        (..., N, d), same dtype as x (computed in float32 at least).
+    """
+    pos, theta = torch.as_tensor(pos, device=x.device), torch.as_tensor(theta, device=x.device)
+    _check_rotation_args(x, pos, theta)
+    work = _work_dtype(x)
+    lam, phi = euler_transform(x, eps, pairing)  # (..., N, d/2) each
+    delta = torch.as_tensor(delta, dtype=work, device=x.device)
+    bias = torch.as_tensor(bias, dtype=work, device=x.device)
+    for name, t in (("delta", delta), ("bias", bias)):
+        try:
+            torch.broadcast_shapes(t.shape, phi.shape)
+        except RuntimeError:
+            raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to the pairs' shape "
+                             f"{tuple(phi.shape)} (..., N, d/2); use a float, (d/2,) or (H, 1, d/2)") from None
+    # angle = δ φ + m θ + b
+    angle = delta * phi + pos.to(work)[:, None] * theta.to(work) + bias  # (..., N, d/2)
+    # x' = λ e^{i angle}
+    return merge_pairs(lam * torch.cos(angle), lam * torch.sin(angle), pairing).to(x.dtype)
+
+
+def _with_key_axis(t: Tensor) -> Tensor:
+    return t if t.ndim == 0 else t.unsqueeze(-2)
+
+
+def complex_rotation_scores(q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, theta: Tensor,
+                            delta: Tensor | float = 1.0, bias: Tensor | float = 0.0, *, eps: float = 1e-12,
+                            pairing: str = "interleaved") -> Tensor:
+    r"""The explicit pairwise formula, for checking (costs N·M·d/2 cosines):
+
+    score(m, n) = Σ_j λ^q_{m,j} λ^k_{n,j} cos( δ_j (φ^q_{m,j} - φ^k_{n,j}) + b_j + (m - n) θ_j ) / sqrt(d)
+
+    Args:
+        q: (..., N, d); k: (..., M, d); pos_q: (N,); pos_k: (M,); theta: (d/2,).
+        delta, bias: broadcastable to (..., 1, d/2) (per head: (H, 1, d/2)).
+    Returns:
+        scores (..., N, M).
+    """
+    pos_q, pos_k = torch.as_tensor(pos_q, device=q.device), torch.as_tensor(pos_k, device=q.device)
+    theta = torch.as_tensor(theta, device=q.device)
+    _check_rotation_args(q, pos_q, theta, "q")
+    _check_rotation_args(k, pos_k, theta, "k")
+    work = _work_dtype(q)
+    lq, fq = euler_transform(q, eps, pairing)  # (..., N, d/2)
+    lk, fk = euler_transform(k, eps, pairing)  # (..., M, d/2)
+    # (..., 1, d/2) parameters gain a key axis: (..., 1, 1, d/2), broadcasting over (N, M)
+    delta, bias = (_with_key_axis(torch.as_tensor(t, dtype=work, device=q.device)) for t in (delta, bias))
+    rel = (pos_q.to(work)[:, None] - pos_k.to(work)[None, :])[..., None] * theta.to(work)  # (N, M, d/2): (m-n) θ
+    # angle = δ (φ^q_m - φ^k_n) + b + (m - n) θ, for every pair (m, n)
+    angle = delta * (fq[..., :, None, :] - fk[..., None, :, :]) + bias + rel  # (..., N, M, d/2)
+    scores = (lq[..., :, None, :] * lk[..., None, :, :] * torch.cos(angle)).sum(-1)  # (..., N, M)
+    return (scores / math.sqrt(q.shape[-1])).to(q.dtype)
+
+
+def adaptive_rotation_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, theta: Tensor,
+                                delta: Tensor | float = 1.0, bias: Tensor | float = 0.0, *, causal: bool = False,
+                                mask: Tensor | None = None, pairing: str = "interleaved") -> tuple[Tensor, Tensor]:
+    r"""softmax(q' k'^T / sqrt(d)) v with q' = rot(q; δ, b), k' = rot(k; δ, 0); values untouched.
+
+    Self-attention: q, k, v (..., N, d) share the positions pos (N,). Returns (out, weights).
+    """
+    q_rot = euler_rotate(q, pos, theta, delta, bias, pairing=pairing)  # (..., N, d): bias on the query
+    k_rot = euler_rotate(k, pos, theta, delta, 0.0, pairing=pairing)  # (..., N, d): no bias on the key
+    return scaled_dot_product_attention(q_rot, k_rot, v, mask, causal=causal)
+
+
+class AdaptiveRotaryAttention(nn.Module):
+    r"""Multi-head self-attention with a rotation scheme on queries and keys.
+
+    mode:
+        "nope":     no rotation (plain attention, no position information);
+        "rope":     RoPE (δ = 1, b = 0, fixed);
+        "shared":   learnable δ_j, b_j (d/2 each) shared by all heads (EulerFormer);
+        "per_head": learnable δ_{h,j}, b_{h,j} (H × d/2 each), the book's reading of ComplexFormer.
+    δ starts at 1 and b at 0, so every learnable mode starts as RoPE. They are stored as
+    δ = 1 + s·u and b = s·w with trainable u, w and a fixed ``angle_scale`` s: with Adam, s
+    multiplies the step size of δ and b (EulerFormer's LLaMA code scales them by 100 and 1000).
+    """
+
+    def __init__(self, D: int, H: int, mode: str = "rope", base: float = 10000.0, pairing: str = "interleaved",
+                 angle_scale: float = 1.0):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if H < 1 or D % H or (D // H) % 2:
+            raise ValueError(f"D={D} must split into H={H} heads of even width d = D / H")
+        self.D, self.H, self.d, self.mode, self.pairing = D, H, D // H, mode, pairing
+        self.w_q, self.w_k, self.w_v, self.w_o = (nn.Linear(D, D) for _ in range(4))
+        self.register_buffer("theta", rope_frequencies(self.d, base), persistent=False)  # (d/2,)
+        self.angle_scale = angle_scale
+        rows = {"shared": 1, "per_head": H}.get(mode)
+        if rows is not None:
+            self.delta_u = nn.Parameter(torch.zeros(rows, 1, self.d // 2))  # (1 or H, 1, d/2)
+            self.bias_w = nn.Parameter(torch.zeros(rows, 1, self.d // 2))
+
+    @property
+    def delta(self) -> Tensor | None:
+        """δ (1 or H, 1, d/2) for the learnable modes, else None."""
+        return 1.0 + self.angle_scale * self.delta_u if hasattr(self, "delta_u") else None
+
+    @property
+    def bias(self) -> Tensor | None:
+        """b (1 or H, 1, d/2) for the learnable modes, else None."""
+        return self.angle_scale * self.bias_w if hasattr(self, "bias_w") else None
+
+    def forward(self, x: Tensor, *, causal: bool = True, pos: Tensor | None = None,
+                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, N, D) -> (B, N, D); with ``return_weights`` also the weights (B, H, N, N)."""
+        if x.ndim != 3 or x.shape[-1] != self.D:
+            raise ValueError(f"x must have shape (B, N, D={self.D}), got {tuple(x.shape)}")
+        N = x.shape[1]
+        pos = torch.arange(N, device=x.device) if pos is None else pos
+        q, k, v = (split_heads(w(x), self.H) for w in (self.w_q, self.w_k, self.w_v))  # (B, H, N, d)
+        if self.mode == "nope":
+            heads, w = scaled_dot_product_attention(q, k, v, causal=causal)
+        elif self.mode == "rope":
+            heads, w = scaled_dot_product_attention(rope(q, pos, self.theta, self.pairing),
+                                                    rope(k, pos, self.theta, self.pairing), v, causal=causal)
+        else:
+            heads, w = adaptive_rotation_attention(q, k, v, pos, self.theta, self.delta, self.bias,
+                                                   causal=causal, pairing=self.pairing)
+        out = self.w_o(merge_heads(heads))  # (B, N, D)
+        return (out, w) if return_weights else out
+
+
+class RotaryTransformer(nn.Module):
+    r"""A tiny causal transformer: token embedding, pre-norm blocks of attention + MLP, readout.
+
+    No absolute position embedding: the attention's rotation scheme (``mode``) is the only
+    source of position information.
+    """
+
+    def __init__(self, vocab: int, n_out: int, D: int = 32, H: int = 4, layers: int = 1, mode: str = "rope",
+                 base: float = 10000.0, angle_scale: float = 1.0):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, D)
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            self.blocks.append(nn.ModuleDict({
+                "norm1": nn.LayerNorm(D), "attn": AdaptiveRotaryAttention(D, H, mode, base, angle_scale=angle_scale),
+                "norm2": nn.LayerNorm(D), "mlp": nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D)),
+            }))
+        self.norm = nn.LayerNorm(D)
+        self.readout = nn.Linear(D, n_out)
+
+    def forward(self, tokens: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """tokens (B, N) int64 -> logits (B, N, n_out); optionally each layer's weights (B, H, N, N)."""
+        x = self.embed(tokens)  # (B, N, D)
+        weights = []
+        for block in self.blocks:
+            a, w = block["attn"](block["norm1"](x), causal=True, return_weights=True)
+            x = x + a
+            x = x + block["mlp"](block["norm2"](x))
+            weights.append(w)
+        logits = self.readout(self.norm(x))  # (B, N, n_out)
+        return (logits, weights) if return_weights else logits
