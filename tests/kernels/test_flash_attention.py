@@ -1,0 +1,195 @@
+"""Tests of attnbook.kernels.flash_attention against torch's scaled_dot_product_attention.
+
+Without a CUDA GPU the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set below
+before triton is imported): tiny shapes, float32, compared with float64 SDPA to ~1e-4.
+With a GPU: float16/bfloat16 up to N = 8192, compared with float32 SDPA (math backend).
+"""
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+
+pytest.importorskip("triton")
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+from attnbook.kernels import attention_reference, flash_attention  # noqa: E402
+
+fa = importlib.import_module("attnbook.kernels.flash_attention")  # the module (the name is shadowed)
+
+INTERPRET = fa.INTERPRET
+interpreter_only = pytest.mark.skipif(not INTERPRET, reason="Triton CPU interpreter tests (TRITON_INTERPRET=1)")
+gpu_only = pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICE = "cpu" if INTERPRET else "cuda"
+
+
+def sdpa_reference(q, k, v, causal, scale=None, dtype=torch.float64):
+    """out and (dq, dk, dv) of SDPA (math backend) in `dtype`, causal aligned to the end like ours."""
+    q, k, v = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    N, M = q.shape[-2], k.shape[-2]
+    mask = None
+    if causal:  # query i sees keys j <= i + M - N (SDPA's is_causal aligns to the start instead)
+        mask = torch.ones(N, M, dtype=torch.bool, device=q.device).tril(M - N)
+    with sdpa_kernel(SDPBackend.MATH):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return out, q, k, v
+
+
+def run_both(B, H, N, M, d, causal, dtype, scale=None, ref_dtype=torch.float64, seed=0):
+    """(ours, reference) lists [out, dq, dk, dv] on fresh random normal inputs and dO."""
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    q = torch.randn(B, H, N, d, device=DEVICE, generator=gen).to(dtype).requires_grad_()
+    k = torch.randn(B, H, M, d, device=DEVICE, generator=gen).to(dtype).requires_grad_()
+    v = torch.randn(B, H, M, d, device=DEVICE, generator=gen).to(dtype).requires_grad_()
+    do = torch.randn(B, H, N, d, device=DEVICE, generator=gen).to(dtype)
+    out = flash_attention(q, k, v, causal=causal, scale=scale)
+    out.backward(do)
+    ref, rq, rk, rv = sdpa_reference(q, k, v, causal, scale, ref_dtype)
+    ref.backward(do.to(ref_dtype))
+    return [out, q.grad, k.grad, v.grad], [ref, rq.grad, rk.grad, rv.grad]
+
+
+def assert_close_f32(ours, refs):
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, refs):
+        assert a.shape == b.shape and torch.isfinite(a).all(), name
+        torch.testing.assert_close(a.double(), b.double(), atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def rel_err(a, b):
+    """‖a − b‖ / ‖b‖; where b is exactly zero (e.g. dq, dk when M = 1), ‖a − b‖ / sqrt(numel)."""
+    ref = b.double().norm().item() or b.numel() ** 0.5
+    return (a.double() - b.double()).norm().item() / ref
+
+
+# ------------------------------------------------------------------------------- interpreter
+@interpreter_only
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("d", [16, 32, 64])
+@pytest.mark.parametrize("N", [1, 17, 64, 100])
+def test_interpreter_matches_sdpa(N, d, causal):
+    ours, refs = run_both(1, 2, N, N, d, causal, torch.float32, seed=N * d + causal)
+    assert_close_f32(ours, refs)
+
+
+@interpreter_only
+@pytest.mark.parametrize("N,M,causal", [(17, 40, False), (17, 40, True), (33, 100, True), (100, 33, False)])
+def test_interpreter_cross_attention(N, M, causal):
+    """N != M: with causal, queries are the last N of M positions (as when decoding)."""
+    ours, refs = run_both(1, 2, N, M, 32, causal, torch.float32, seed=N + M)
+    assert_close_f32(ours, refs)
+
+
+@interpreter_only
+def test_interpreter_tensor_descriptor_path(monkeypatch):
+    """The forward's tensor-descriptor loads (used on Hopper) compute the same function."""
+    monkeypatch.setattr(fa, "_use_tma", lambda *tensors: True)
+    ours, refs = run_both(1, 2, 100, 100, 32, True, torch.float32, seed=3)
+    assert_close_f32(ours, refs)
+
+
+@interpreter_only
+@pytest.mark.parametrize("blocks", [{"fwd": (16, 32), "dkdv": (32, 16), "dq": (16, 32)},
+                                    {"fwd": (16, 16), "dkdv": (16, 16), "dq": (16, 16)}])
+def test_interpreter_other_block_shapes(monkeypatch, blocks):
+    """The loop bounds (diagonal, ragged tails) hold for any BLOCK_M / BLOCK_N ratio."""
+    monkeypatch.setattr(fa, "INTERPRETER_BLOCKS", blocks)
+    for causal in (False, True):
+        ours, refs = run_both(1, 1, 50, 50, 16, causal, torch.float32, seed=7)
+        assert_close_f32(ours, refs)
+
+
+@interpreter_only
+def test_interpreter_scale_and_noncontiguous():
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 33, 2, 3, 32, generator=gen)  # (B, N, 3, H, d) as a fused projection gives
+    q, k, v = (x[:, :, :, i].transpose(1, 2).requires_grad_() for i in range(3))  # (B, H, N, d) views
+    out = flash_attention(q, k, v, causal=True, scale=0.3)
+    ref, *_ = sdpa_reference(q, k, v, True, 0.3)
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(out, attention_reference(q, k, v, causal=True, scale=0.3), atol=1e-5)
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2), (torch.float64, 1e-4)])
+def test_interpreter_other_dtypes(dtype, tol):
+    """float16 runs as is; bfloat16 and float64 run in float32 and come back in their dtype."""
+    ours, refs = run_both(1, 2, 40, 40, 32, True, dtype, seed=5)
+    for a, b in zip(ours, refs):
+        assert a.dtype == dtype
+        assert rel_err(a, b) < tol
+
+
+# ------------------------------------------------------------------------------- bad input
+def test_bad_inputs_raise_value_error():
+    def t(*shape, dtype=torch.float16 if not INTERPRET else torch.float32):
+        return torch.randn(*shape, device=DEVICE).to(dtype)
+
+    cases = [
+        ((t(2, 4, 16), t(2, 4, 16), t(2, 4, 16)), {}, "q must have shape (B, H, N, d)"),
+        ((t(1, 2, 4, 16), t(1, 2, 4), t(1, 2, 4)), {}, "k must have shape (B, H, N, d)"),
+        ((t(1, 2, 4, 24), t(1, 2, 4, 24), t(1, 2, 4, 24)), {}, "head dim d"),
+        ((t(1, 2, 4, 16), t(1, 3, 4, 16), t(1, 3, 4, 16)), {}, "k must have shape (B, H, M, d)"),
+        ((t(1, 2, 4, 16), t(1, 2, 4, 32), t(1, 2, 4, 32)), {}, "k must have shape (B, H, M, d)"),
+        ((t(1, 2, 4, 16), t(1, 2, 4, 16), t(1, 2, 5, 16)), {}, "v must have the shape of k"),
+        ((t(1, 2, 0, 16), t(1, 2, 4, 16), t(1, 2, 4, 16)), {}, "N, M >= 1"),
+        ((t(1, 2, 8, 16), t(1, 2, 4, 16), t(1, 2, 4, 16)), {"causal": True}, "M >= N"),
+        ((t(1, 2, 4, 16), t(1, 2, 4, 16), t(1, 2, 4, 16)), {"scale": -1.0}, "scale must be"),
+        ((t(1, 2, 4, 16, dtype=torch.int32),) * 3, {}, "dtype must be"),
+        ((t(1, 2, 4, 16), t(1, 2, 4, 16, dtype=torch.float64), t(1, 2, 4, 16)), {}, "share one dtype"),
+    ]
+    if not INTERPRET:
+        cases.append(((t(1, 2, 4, 16, dtype=torch.float32),) * 3, {}, "float16 or torch.bfloat16"))
+    for args, kwargs, message in cases:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            flash_attention(*args, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_no_gpu_and_no_interpreter_raises_runtime_error():
+    code = ("import torch\nfrom attnbook.kernels import flash_attention\nq = torch.randn(1, 1, 4, 16)\n"
+            "try:\n    flash_attention(q, q, q)\nexcept RuntimeError as e:\n    print('RuntimeError:', e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "RuntimeError:" in result.stdout and "TRITON_INTERPRET=1" in result.stdout, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------- GPU
+GPU_TOL = {torch.float16: (2e-3, 5e-3), torch.bfloat16: (1e-2, 2e-2)}  # relative: (out, grads)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+def test_gpu_small_shapes(d, causal, dtype):
+    for N, M in [(1, 1), (17, 17), (64, 64), (100, 100), (17, 300), (129, 131)]:
+        ours, refs = run_both(1, 2, N, M, d, causal, dtype, ref_dtype=torch.float64, seed=N + d)
+        for name, a, b, tol in zip(("out", "dq", "dk", "dv"), ours, refs, (GPU_TOL[dtype][0],) + (GPU_TOL[dtype][1],) * 3):
+            assert rel_err(a, b) < tol, f"N={N} M={M} {name}: relative error {rel_err(a, b):.2e} >= {tol}"
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("B,H,N", [(2, 3, 1000), (1, 2, 2049), (1, 2, 8192)])
+def test_gpu_long_sequences(B, H, N, d, causal, dtype):
+    ours, refs = run_both(B, H, N, N, d, causal, dtype, ref_dtype=torch.float32, seed=N + d)
+    for name, a, b, tol in zip(("out", "dq", "dk", "dv"), ours, refs, (GPU_TOL[dtype][0],) + (GPU_TOL[dtype][1],) * 3):
+        assert rel_err(a, b) < tol, f"{name}: relative error {rel_err(a, b):.2e} >= {tol}"
+
+
+@gpu_only
+@pytest.mark.parametrize("use_tma", [False, True])
+def test_gpu_pointer_and_descriptor_forward(monkeypatch, use_tma):
+    """Both forward load paths (plain pointers; Hopper tensor descriptors) give the same result."""
+    monkeypatch.setattr(fa, "USE_TMA", use_tma)
+    for N, causal in [(777, False), (777, True), (4096, True)]:
+        ours, refs = run_both(2, 2, N, N, 128, causal, torch.bfloat16, ref_dtype=torch.float32, seed=N)
+        assert rel_err(ours[0], refs[0]) < GPU_TOL[torch.bfloat16][0]

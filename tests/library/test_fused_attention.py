@@ -1,0 +1,148 @@
+"""attnbook.mechanisms.fused_attention: the online softmax, tiles, backward and traffic counts."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnbook.mechanisms.fused_attention import (
+    TILE_FULL,
+    TILE_MASKED,
+    TILE_SKIPPED,
+    Traffic,
+    attention_backward,
+    attention_flops,
+    blocked_attention,
+    causal_tile_schedule,
+    fused_attention_traffic,
+    naive_attention_traffic,
+    online_softmax_update,
+)
+
+f64 = dict(dtype=torch.float64)
+
+
+def _visible(N, M, causal):
+    """(N, M) True where query i (at position i + M - N) may see key j; all True without causal."""
+    return torch.ones(N, M, dtype=torch.bool).tril(M - N) if causal else torch.ones(N, M, dtype=torch.bool)
+
+
+def _reference(q, k, v, causal=False):
+    N, M = q.shape[-2], k.shape[-2]
+    mask = _visible(N, M, causal)
+    s = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), torch.logsumexp(s, -1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(1, 20), M=st.integers(1, 20), d=st.integers(1, 8), dv=st.integers(1, 6),
+       bm=st.integers(1, 9), bn=st.integers(1, 9), causal=st.booleans(), seed=st.integers(0, 10_000))
+def test_blocked_equals_softmax_attention(N, M, d, dv, bm, bn, causal, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, 2, N, d, generator=g, **f64), torch.randn(2, 2, M, d, generator=g, **f64)
+    v = torch.randn(2, 2, M, dv, generator=g, **f64)
+    out, lse = blocked_attention(q, k, v, bm, bn, causal=causal)
+    ref_out, ref_lse = _reference(q, k, v, causal)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-10)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse))  # queries that see nothing (causal, M < N)
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[finite], ref_lse[finite], atol=1e-12, rtol=1e-10)
+
+
+def test_online_update_one_block_at_a_time_is_softmax():
+    g = torch.Generator().manual_seed(0)
+    s, v = torch.randn(3, 10, generator=g, **f64) * 5, torch.randn(10, 4, generator=g, **f64)
+    m, l, acc = torch.full((3,), float("-inf"), **f64), torch.zeros(3, **f64), torch.zeros(3, 4, **f64)
+    for j in range(0, 10, 3):
+        m, l, acc = online_softmax_update(m, l, acc, s[:, j:j + 3], v[j:j + 3])
+    torch.testing.assert_close(acc / l[:, None], torch.softmax(s, -1) @ v)
+    torch.testing.assert_close(m + l.log(), torch.logsumexp(s, -1))
+
+
+def test_online_update_does_not_overflow_and_handles_hidden_rows():
+    s = torch.tensor([[1000.0, 999.0], [float("-inf"), float("-inf")]])
+    m, l, acc = online_softmax_update(torch.full((2,), float("-inf")), torch.zeros(2), torch.zeros(2, 1), s, torch.ones(2, 1))
+    assert torch.isfinite(l).all() and torch.isfinite(acc).all()
+    assert l[1] == 0 and acc[1, 0] == 0 and torch.isneginf(m[1])
+    assert abs(l[0].item() - (1 + math.exp(-1))) < 1e-6
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("N,M,bm,bn", [(7, 7, 3, 2), (5, 11, 4, 4), (1, 6, 2, 3), (9, 9, 16, 16)])
+def test_backward_matches_autograd_full_and_blocked(N, M, bm, bn, causal):
+    g = torch.Generator().manual_seed(N * M)
+    q, k, v = (torch.randn(2, 3, n, 5, generator=g, **f64) for n in (N, M, M))
+    do = torch.randn(2, 3, N, 5, generator=g, **f64)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    o = F.scaled_dot_product_attention(*leaves, attn_mask=_visible(N, M, causal))
+    o.backward(do)
+    _, lse = blocked_attention(q, k, v, bm, bn, causal=causal)
+    for kw in ({}, {"block_m": bm, "block_n": bn}):
+        grads = attention_backward(q, k, v, o.detach(), do, lse, causal=causal, **kw)
+        for got, leaf in zip(grads, leaves):
+            torch.testing.assert_close(got, leaf.grad, atol=1e-10, rtol=1e-8)
+
+
+def test_tile_schedule_matches_the_mask():
+    N, M, bm, bn = 37, 45, 8, 16
+    sched = causal_tile_schedule(N, M, bm, bn)
+    mask = _visible(N, M, True)
+    for ti, i0 in enumerate(range(0, N, bm)):
+        for tj, j0 in enumerate(range(0, M, bn)):
+            tile = mask[i0:i0 + bm, j0:j0 + bn]
+            expected = TILE_SKIPPED if not tile.any() else TILE_FULL if tile.all() else TILE_MASKED
+            assert sched[ti, tj] == expected, (ti, tj)
+    assert (causal_tile_schedule(N, M, bm, bn, causal=False) == TILE_FULL).all()
+    # square, equal blocks: the diagonal is masked, the upper triangle skipped
+    square = causal_tile_schedule(64, 64, 16, 16)
+    assert torch.equal(square.diagonal(), torch.full((4,), TILE_MASKED))
+    assert (square.triu(1) == 0).all() and (square.tril(-1)[square.tril(-1) > 0] == TILE_FULL).all()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("N,M,d,bm,bn", [(37, 37, 8, 16, 16), (20, 45, 4, 8, 16), (64, 64, 16, 32, 16)])
+def test_counted_traffic_equals_the_formula(N, M, d, bm, bn, causal):
+    q, k, v = torch.randn(1, 1, N, d), torch.randn(1, 1, M, d), torch.randn(1, 1, M, d)
+    fwd, bwd = {}, {}
+    out, lse = blocked_attention(q, k, v, bm, bn, causal=causal, traffic=fwd)
+    attention_backward(q, k, v, out, torch.randn_like(out), lse, causal=causal, block_m=bm, block_n=bn, traffic=bwd)
+    formula = fused_attention_traffic(N, d, M, block_m=bm, block_n=bn, causal=causal)
+    assert Traffic(fwd["reads"], fwd["writes"]) == formula
+    both = fused_attention_traffic(N, d, M, block_m=bm, block_n=bn, causal=causal, backward=True)
+    assert Traffic(fwd["reads"] + bwd["reads"], fwd["writes"] + bwd["writes"]) == both
+
+
+def test_traffic_anchors():
+    N, d = 4096, 64
+    naive = naive_attention_traffic(N, d)
+    assert naive == Traffic(reads=2 * N * N + 3 * N * d, writes=2 * N * N + N * d)
+    assert naive_attention_traffic(N, d, backward=True).total - naive.total == 7 * N * N + 8 * N * d
+    # with blocks as large as the sequence the fused kernel reads everything exactly once
+    assert fused_attention_traffic(N, d, block_m=N, block_n=N) == fused_attention_traffic(N, d, cache_reuse=True)
+    assert fused_attention_traffic(N, d, cache_reuse=True) == Traffic(reads=3 * N * d, writes=N * d + N)
+    # quadratic vs linear: doubling N quadruples the naive traffic, doubles the compulsory one
+    assert naive_attention_traffic(2 * N, d).total / naive.total > 3.9
+    assert fused_attention_traffic(2 * N, d, cache_reuse=True).total == 2 * fused_attention_traffic(N, d, cache_reuse=True).total
+    # causal computes about half the tiles
+    ratio = fused_attention_traffic(N, d, causal=True).reads / fused_attention_traffic(N, d).reads
+    assert 0.45 < ratio < 0.6
+    assert attention_flops(N, d) == 4 * N * N * d
+    assert attention_flops(N, d, causal=True, mode="fwd+bwd") == 0.5 * 3.5 * 4 * N * N * d
+
+
+def test_bad_input_errors():
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="q must be a \\(B, H, tokens, width\\)"):
+        blocked_attention(q[0], q, q)
+    with pytest.raises(ValueError, match="expected q \\(B, H, N, d\\)"):
+        blocked_attention(q, torch.randn(1, 1, 4, 6), torch.randn(1, 1, 4, 6))
+    with pytest.raises(ValueError, match="v_block must be"):
+        online_softmax_update(torch.zeros(3), torch.zeros(3), torch.zeros(3, 2), torch.zeros(3, 4), torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="lse \\(B, H, N\\)"):
+        attention_backward(q, q, q, q, q, torch.zeros(1, 1, 5))
+    with pytest.raises(ValueError, match="block_m must be a positive integer"):
+        fused_attention_traffic(16, 8, block_m=0)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        attention_flops(16, 8, mode="both")
