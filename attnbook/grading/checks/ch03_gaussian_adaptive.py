@@ -1,0 +1,256 @@
+"""Checks for chapter 03's exercises (Gaussian adaptive attention, GAAM).
+
+The references are written here, independently of the learner's code and of
+attnbook.mechanisms.gaussian: explicit products of Gaussian pdfs divided by their sum,
+computed in float64 with a loop over the Gaussians and an explicit loop over the heads.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core import CheckFailed, task
+from ..expect import describe, expect_close, fresh_generator
+
+
+def _pdf_weights(x, delta, c, axis, eps=1e-8, *, ddof=1, offset_in_z=False, mixture=False, c_is_var=False):
+    """Reference weights: Π_g N((x - m - δ_g)/s; 0, c_g²) / Σ_axis, in float64, then x's dtype.
+
+    The pdfs are multiplied in log space and rescaled by their maximum before exp(), so that
+    narrow Gaussians do not underflow to 0/0.
+
+    The keyword arguments switch on known mistakes (biased variance, offset added after
+    standardising, a mixture of pdfs (``mixture=True``) or of unnormalised kernels
+    (``mixture="kernel"``) instead of a product, c used as a variance).
+    """
+    x64 = x.double().movedim(axis, -1)  # (..., n)
+    n = x64.shape[-1]
+    m = x64.mean(dim=-1, keepdim=True)
+    var = ((x64 - m) ** 2).sum(dim=-1, keepdim=True) / max(n - ddof, 1)
+    s = torch.sqrt(var + eps)
+    log_pdfs = []
+    for d, cg in zip(delta.double().tolist(), c.double().tolist()):
+        y = (x64 - m) / s - d if offset_in_z else (x64 - (m + d)) / s
+        width = abs(cg) if c_is_var else cg * cg
+        # log N(y; 0, width) = -y² / (2 width) - log sqrt(2π width)
+        log_norm = 0.0 if mixture == "kernel" else 0.5 * math.log(2 * math.pi * width)
+        log_pdfs.append(-y ** 2 / (2 * width) - log_norm)
+    stacked = torch.stack(log_pdfs)  # (G, ..., n)
+    # product of pdfs (log: sum) or mixture (log: logsumexp); then divide by the sum along the axis
+    log_density = torch.logsumexp(stacked, dim=0) if mixture else stacked.sum(dim=0)
+    density = torch.exp(log_density - log_density.amax(dim=-1, keepdim=True))  # rescaled to avoid underflow
+    a = density / density.sum(dim=-1, keepdim=True)
+    return a.movedim(-1, axis).to(x.dtype)
+
+
+def _random_params(G, gen, dtype, scale=1.0):
+    delta = (torch.rand(G, generator=gen, dtype=torch.float64) * 2 - 1) * scale
+    c = 0.6 + 1.4 * torch.rand(G, generator=gen, dtype=torch.float64)
+    return delta.to(dtype), c.to(dtype)
+
+
+def _column_shift(x, axis, gen):
+    """A random constant per column, the same for every element along ``axis``."""
+    shape = list(x.shape)
+    shape[axis] = 1
+    return 5 * torch.randn(shape, generator=gen, dtype=torch.float64).to(x.dtype)
+
+
+# (B, n, C, G, axis, dtype, offset, scale): odd sizes, both axes, both dtypes, non-stationary inputs
+WEIGHT_CASES = [
+    (2, 7, 5, 1, 1, torch.float64, 0.0, 1.0),
+    (3, 5, 4, 2, 1, torch.float32, 2.0, 3.0),
+    (2, 6, 9, 3, -1, torch.float64, -4.0, 0.5),
+    (4, 13, 2, 2, 1, torch.float64, 10.0, 5.0),
+    (1, 4, 3, 1, 2, torch.float32, 0.0, 2.0),
+]
+
+
+@task("ch03.gaam_weights", points=3)
+def check_gaam_weights(fn):
+    """softmax along the axis of Σ_g -((x - m - δ_g) / s)² / (2 c_g²), s² the unbiased variance + eps."""
+    gen, seed = fresh_generator()
+    for B, n, C, G, axis, dtype, offset, scale in WEIGHT_CASES:
+        x = (offset + scale * torch.randn(B, n, C, generator=gen, dtype=torch.float64)).to(dtype)
+        delta, c = _random_params(G, gen, dtype, scale)
+        case = describe({"x": x, "G": G, "axis": axis, "dtype": dtype, "seed": seed})
+        other = (axis % 3) % 2 + 1  # the other non-batch axis
+        wrong = {
+            "biased variance (divided by n); use the unbiased one, divided by n - 1 (torch.var's default)":
+                lambda: _pdf_weights(x, delta, c, axis, ddof=0),
+            f"normalised over the wrong axis ({other} instead of {axis})": lambda: _pdf_weights(x, delta, c, other),
+            "the offset was added after standardising, (z - δ); it belongs to the mean, (x - (m + δ)) / s, so it enters as δ / s":
+                lambda: _pdf_weights(x, delta, c, axis, offset_in_z=True),
+            "the G Gaussian pdfs were summed (a mixture); this exercise multiplies them (the current reference code)":
+                lambda: _pdf_weights(x, delta, c, axis, mixture=True),
+            "the G Gaussians exp(-y²/(2c²)) were summed (an earlier version's mixture); this exercise multiplies them":
+                lambda: _pdf_weights(x, delta, c, axis, mixture="kernel"),
+            "c was used as a variance, exp(-y²/(2c)); c is a scale, exp(-y²/(2c²))":
+                lambda: _pdf_weights(x, delta, c, axis, c_is_var=True),
+        }
+        expect_close(fn(x.clone(), delta.clone(), c.clone(), axis=axis), _pdf_weights(x, delta, c, axis),
+                     what=f"weights for {case}", wrong=wrong,
+                     hint="standardise each column with its own mean and unbiased variance along `axis`, "
+                          "add the log-densities of the G Gaussians, softmax along `axis`")
+        # the anchors, checked on their own so that the message names them
+        shifted = fn(x + _column_shift(x, axis, gen), delta.clone(), c.clone(), axis=axis)
+        expect_close(shifted, _pdf_weights(x, delta, c, axis), what=f"weights after adding a constant along the axis ({case})",
+                     hint="adding the same number to a whole column must not change its weights, whatever δ is")
+    # a column of one element: torch's unbiased var is NaN there; the weight must be 1
+    x = torch.randn(3, 1, 4, generator=gen, dtype=torch.float64)
+    delta, c = _random_params(2, gen, torch.float64)
+    expect_close(fn(x.clone(), delta, c, axis=1), torch.ones_like(x), what="weights for n = 1 (one element per column)",
+                 hint="with one element the unbiased variance is 0/0: guard it so the single weight is 1")
+
+
+def _reference_multi_head(x, deltas, cs, axis):
+    """Explicit loop over heads: head h owns n // H elements, the last one the remainder."""
+    n, H = x.shape[axis], deltas.shape[0]
+    size = n // H
+    pieces = []
+    for h in range(H):
+        stop = (h + 1) * size if h < H - 1 else n
+        chunk = x.narrow(axis, h * size, stop - h * size)
+        pieces.append(chunk * _pdf_weights(chunk, deltas[h], cs[h], axis))
+    return torch.cat(pieces, dim=axis)
+
+
+def _split_variant(x, deltas, cs, axis, sizes):
+    pieces, start = [], 0
+    for h, size in enumerate(sizes):
+        chunk = x.narrow(axis, start, size)
+        pieces.append(chunk * _pdf_weights(chunk, deltas[h], cs[h], axis))
+        start += size
+    return torch.cat(pieces, dim=axis)
+
+
+def _global_variant(x, deltas, cs, axis, *, global_stats, global_softmax):
+    """Heads that share the statistics and/or the softmax of the whole axis (known mistakes)."""
+    n, H = x.shape[axis], deltas.shape[0]
+    size = n // H
+    x64 = x.double()
+    m_all = x64.mean(dim=axis, keepdim=True)
+    s_all = torch.sqrt(x64.var(dim=axis, keepdim=True) + 1e-8)
+    logits = []
+    for h in range(H):
+        stop = (h + 1) * size if h < H - 1 else n
+        chunk = x64.narrow(axis, h * size, stop - h * size)
+        if global_stats:
+            m, s = m_all, s_all
+        else:
+            m = chunk.mean(dim=axis, keepdim=True)
+            s = torch.sqrt(chunk.var(dim=axis, keepdim=True) + 1e-8)
+        logits.append(sum(-((chunk - (m + d)) / s) ** 2 / (2 * cg ** 2) for d, cg in zip(deltas[h].tolist(), cs[h].tolist())))
+    if global_softmax:
+        a = torch.softmax(torch.cat(logits, dim=axis), dim=axis)
+    else:
+        a = torch.cat([torch.softmax(lg, dim=axis) for lg in logits], dim=axis)
+    return (x64 * a).to(x.dtype)
+
+
+# (B, n, C, H, G, axis, dtype): n not divisible by H, H = 1, n = H, both dtypes
+HEAD_CASES = [
+    (2, 10, 3, 4, 1, 1, torch.float64),
+    (3, 7, 2, 3, 2, 1, torch.float32),
+    (2, 8, 5, 1, 2, 1, torch.float64),
+    (2, 4, 11, 3, 1, -1, torch.float64),
+    (1, 5, 3, 5, 1, 1, torch.float32),
+]
+
+
+@task("ch03.multi_head_gaam", points=2)
+def check_multi_head_gaam(fn):
+    """x ⊙ a where head h normalises its own contiguous chunk of the axis (last chunk: the remainder)."""
+    gen, seed = fresh_generator()
+    for B, n, C, H, G, axis, dtype in HEAD_CASES:
+        x = (1.0 + 2.0 * torch.randn(B, n, C, generator=gen, dtype=torch.float64)).to(dtype)
+        params = [_random_params(G, gen, dtype, 2.0) for _ in range(H)]
+        deltas, cs = torch.stack([p[0] for p in params]), torch.stack([p[1] for p in params])
+        size, ceil = n // H, -(-n // H)
+        case = describe({"x": x, "H": H, "G": G, "axis": axis, "dtype": dtype, "seed": seed})
+        wrong = {
+            "torch.chunk-style heads (chunks of ceil(n / H)); the reference gives every head n // H and the last one the remainder":
+                lambda: _split_variant(x, deltas, cs, axis, [min(ceil, n - h * ceil) for h in range(-(-n // ceil))]),
+            "the remainder went to the first heads (np.array_split); it belongs to the LAST head":
+                lambda: _split_variant(x, deltas, cs, axis, [size + (h < n % H) for h in range(H)]),
+            "the mean and variance were taken over the whole axis; each head uses its own chunk's statistics":
+                lambda: _global_variant(x, deltas, cs, axis, global_stats=True, global_softmax=False),
+            "one softmax over the whole axis; each head's chunk must sum to 1 on its own":
+                lambda: _global_variant(x, deltas, cs, axis, global_stats=False, global_softmax=True),
+            "the residual x was added; return only the gated part x ⊙ a":
+                lambda: x + _reference_multi_head(x, deltas, cs, axis),
+            "every head used head 0's parameters":
+                lambda: _reference_multi_head(x, deltas[:1].expand(H, G), cs[:1].expand(H, G), axis),
+        }
+        expect_close(fn(x.clone(), deltas.clone(), cs.clone(), axis=axis), _reference_multi_head(x, deltas, cs, axis),
+                     what=f"output for {case}", wrong=wrong,
+                     hint="heads split the NORMALISATION axis into contiguous chunks (not the feature axis); "
+                          "each chunk is standardised and softmaxed on its own")
+
+
+def _collapse_reference(delta, c):
+    d, cc = delta.double(), c.double()
+    c_eff_sq = 1.0 / (1.0 / cc ** 2).sum()
+    return (c_eff_sq * (d / cc ** 2).sum()).to(delta.dtype), torch.sqrt(c_eff_sq).to(delta.dtype)
+
+
+@task("ch03.collapse_product", points=2)
+def check_collapse_product(fn):
+    """A product of Gaussians is one Gaussian: 1/c² = Σ 1/c_g², δ = c² Σ δ_g / c_g²."""
+    gen, seed = fresh_generator()
+    for G, dtype, negative in [(1, torch.float64, False), (2, torch.float64, False), (3, torch.float32, True),
+                               (5, torch.float64, False), (4, torch.float32, False)]:
+        delta, c = _random_params(G, gen, dtype, 2.0)
+        if negative:
+            c = c * torch.tensor([-1.0] + [1.0] * (G - 1), dtype=dtype)  # only c² matters
+        case = describe({"G": G, "dtype": dtype, "negative c": negative, "seed": seed})
+        returned = fn(delta.clone(), c.clone())
+        if not isinstance(returned, tuple) or len(returned) != 2:
+            raise CheckFailed(f"return a tuple (delta_eff, c_eff); got {type(returned).__name__} for {case}")
+        d_eff, c_eff = returned
+        ref_d, ref_c = _collapse_reference(delta, c)
+        d64, c64 = delta.double(), c.double()
+        wrong_c = {
+            "the scales were combined, 1/c = Σ 1/c_g; it is the PRECISIONS that add, 1/c² = Σ 1/c_g²":
+                lambda: (1 / (1 / c64.abs()).sum()).to(dtype),
+            "the variances were added, c² = Σ c_g²: that is the rule for a sum of random variables, not a product of densities":
+                lambda: torch.sqrt((c64 ** 2).sum()).to(dtype),
+        }
+        expect_close(c_eff, ref_c, what=f"c_eff for {case}", wrong=wrong_c,
+                     hint="return the positive scale c_eff with 1 / c_eff² = Σ_g 1 / c_g²")
+        wrong_d = {
+            "δ_eff is the plain mean of the δ_g; weight each by its precision 1/c_g²": lambda: d64.mean().to(dtype),
+            "Σ δ_g / c_g² was not multiplied by c_eff²": lambda: (d64 / c64 ** 2).sum().to(dtype),
+        }
+        expect_close(d_eff, ref_d, what=f"delta_eff for {case}", wrong=wrong_d,
+                     hint="δ_eff = c_eff² Σ_g δ_g / c_g², the precision-weighted mean of the offsets")
+        # the point of the exercise: the weights agree on an input
+        x = 3 * torch.randn(2, 9, 4, generator=gen, dtype=torch.float64)
+        expect_close(_pdf_weights(x, d_eff.reshape(1).double(), c_eff.reshape(1).double(), 1),
+                     _pdf_weights(x, delta.double(), c.double(), 1), what=f"GAAM weights of your single Gaussian ({case})",
+                     atol=1e-4 if dtype == torch.float32 else None, rtol=1e-3 if dtype == torch.float32 else None)
+
+
+@task("ch03.importance_factor", points=1)
+def check_importance_factor(fn):
+    """Mean weight over the samples, min-max scaled to [0, 1] over the whole (n, C) map."""
+    gen, seed = fresh_generator()
+    for S, n, C, dtype in [(5, 8, 3, torch.float64), (1, 4, 6, torch.float32), (7, 5, 5, torch.float64), (3, 9, 2, torch.float32)]:
+        A = torch.softmax(2 * torch.randn(S, n, C, generator=gen, dtype=torch.float64), dim=1).to(dtype)
+        mean = A.double().mean(0)
+        ref = ((mean - mean.min()) / (mean.max() - mean.min())).to(dtype)
+        per_column = (mean - mean.min(0).values) / (mean.max(0).values - mean.min(0).values)
+        per_sample = ((A.double() - A.double().amin((1, 2), keepdim=True))
+                      / (A.double().amax((1, 2), keepdim=True) - A.double().amin((1, 2), keepdim=True))).mean(0)
+        wrong = {
+            "scaled per column (over n only); the min and max are over the whole (n, C) map": lambda: per_column.to(dtype),
+            "each sample was min-max scaled before averaging; average first": lambda: per_sample.to(dtype),
+            "divided by the maximum without subtracting the minimum": lambda: (mean / mean.max()).to(dtype),
+        }
+        case = describe({"A": A, "dtype": dtype, "seed": seed})
+        expect_close(fn(A.clone()), ref, what=f"importance factor for {case}", wrong=wrong,
+                     hint="IF = (ā - min ā) / (max ā - min ā) with ā = A.mean(0)")
+    flat = torch.full((4, 6, 3), 1 / 6, dtype=torch.float64)
+    expect_close(fn(flat.clone()), torch.zeros(6, 3, dtype=torch.float64), what="importance factor of constant weights",
+                 hint="when every mean weight is equal, max - min = 0: return zeros, not NaN")

@@ -1,0 +1,267 @@
+r"""Gaussian adaptive attention (GAAM): a learned Gaussian over each element's standardised value.
+
+Derivation from softmax attention (chapter 03 has the full text). Attention pooling over an
+axis of length n gives weights a_i = softmax_i(ℓ_i) and the output Σ_i a_i v_i. GAAM
+(Ioannides, Chadha, Elkins 2024) changes three things, and keeps the softmax:
+
+1. **The logit is a Gaussian log-density of the element's own standardised value.** For one
+   "column" x_1..x_n along the axis (every other index held fixed), with the column's mean
+   m and unbiased variance s² (plus ε),
+
+       z_i = (x_i - m) / s,      ℓ_i = Σ_g -(z_i - δ_g / s)² / (2 c_g²)
+
+   for G Gaussians with learned offsets δ_g (in the input's raw units) and scales c_g.
+   Expanding one square, -(z - μ)²/(2c²) = (μ/c²)·z - z²/(2c²) + const: a dot product of the
+   scalar "key" z with a learned "query" μ/c², minus a penalty on the key's size. There are
+   no Q/K projections and no query tokens: it is **not** query-key attention.
+2. **Normalisation along the axis.** The code divides a product of Gaussian pdfs by its sum;
+   the 1/sqrt(2π c_g²) factors cancel, so this is exactly softmax(ℓ) along the axis. We
+   compute it in log space (the code's pdf product underflows for small c).
+3. **Gating instead of mixing.** The output keeps every position: out_i = x_i · a_i, and the
+   block adds a residual, x + out. Summing the gated output over the axis gives back
+   attention pooling with v_i = x_i.
+
+**Heads** split the *normalisation axis* into H contiguous chunks (the last one takes the
+remainder); each head has its own (δ_g, c_g) and its own statistics. MHA instead splits the
+feature width D.
+
+**Product vs mixture.** The current reference code multiplies the G Gaussians (the sum of
+logits above). A product of Gaussians in z is one Gaussian (see :func:`collapse_product`), so
+G > 1 adds nothing in that form. An earlier version of the reference code used a mixture,
+a_i ∝ Σ_g w_g exp(-(z_i - δ_g/s)²/(2c_g²)) with w = softmax(learned weights), which can be
+multi-modal; ``mixture_logits`` selects that form.
+
+**Invariances.** The weights do not change under a per-column shift x → x + β (any δ), and
+under a rescale x → αx (α > 0) only when δ = 0, because δ is in raw units and enters as δ/s.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..attention import stable_softmax
+
+__all__ = [
+    "axis_statistics",
+    "gaussian_logits",
+    "gaussian_weights",
+    "head_chunks",
+    "multi_head_gaussian_attention",
+    "collapse_product",
+    "importance_factor",
+    "GaussianAdaptiveAttention",
+]
+
+
+def _check_axis(x: Tensor, axis: int) -> int:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim < 1 or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis={axis} is out of range for x of shape {tuple(x.shape)}")
+    return axis % x.ndim
+
+
+def _check_params(delta: Tensor, c: Tensor, mixture_logits: Tensor | None) -> None:
+    if delta.ndim != 1 or c.shape != delta.shape:
+        raise ValueError(
+            f"delta and c must both have shape (G,), got delta {tuple(delta.shape)} and c {tuple(c.shape)}"
+        )
+    if mixture_logits is not None and mixture_logits.shape != delta.shape:
+        raise ValueError(f"mixture_logits must have shape (G,)={tuple(delta.shape)}, got {tuple(mixture_logits.shape)}")
+
+
+def axis_statistics(x: Tensor, axis: int = 1, eps: float = 1e-8, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""Mean m and scale s = sqrt(unbiased variance + eps) along ``axis`` (kept as size 1).
+
+    The unbiased variance divides by (count - 1); a column with a single element (or a
+    single unmasked element) gets variance 0 instead of torch's NaN, so s = sqrt(eps).
+    ``mask`` (bool, broadcastable to x, True = real element) leaves padding out of both.
+    """
+    axis = _check_axis(x, axis)
+    if mask is None:
+        count = torch.full_like(x.narrow(axis, 0, 1), float(x.shape[axis]))
+        # m = (1/n) Σ_i x_i
+        mean = x.mean(dim=axis, keepdim=True)
+        squares = (x - mean).square()
+    else:
+        mask = mask.expand_as(x)
+        count = mask.sum(dim=axis, keepdim=True).to(x.dtype)
+        mean = torch.where(mask, x, 0).sum(dim=axis, keepdim=True) / count.clamp(min=1)
+        squares = torch.where(mask, (x - mean).square(), 0)
+    # s² = Σ_i (x_i - m)² / (n - 1) + ε, with n - 1 clamped to 1 so that n = 1 gives s² = ε
+    var = squares.sum(dim=axis, keepdim=True) / (count - 1).clamp(min=1)
+    return mean, torch.sqrt(var + eps)
+
+
+def gaussian_logits(
+    x: Tensor,
+    delta: Tensor,
+    c: Tensor,
+    *,
+    axis: int = 1,
+    eps: float = 1e-8,
+    mixture_logits: Tensor | None = None,
+    standardize: bool = True,
+    mask: Tensor | None = None,
+) -> Tensor:
+    r"""The log-weights ℓ of one head, same shape as x (softmax along ``axis`` gives a).
+
+    Product form (``mixture_logits=None``):  ℓ_i = Σ_g -((x_i - m - δ_g) / s)² / (2 c_g²).
+    Mixture form:  ℓ_i = log Σ_g w_g exp(-((x_i - m - δ_g) / s)² / (2 c_g²)),  w = softmax(mixture_logits).
+    ``standardize=False`` uses m = 0, s = 1 (a Gaussian in raw units: the book's ablation).
+
+    Args:
+        x: any shape; the axis ``axis`` is the one the weights are normalised over.
+        delta, c: (G,) offsets (raw units) and scales of the G Gaussians.
+    """
+    axis = _check_axis(x, axis)
+    _check_params(delta, c, mixture_logits)
+    if standardize:
+        mean, scale = axis_statistics(x, axis, eps, mask)
+    else:
+        mean, scale = torch.zeros((), dtype=x.dtype, device=x.device), torch.ones((), dtype=x.dtype, device=x.device)
+    G = delta.shape[0]
+    delta = delta.to(x.dtype).view(G, *([1] * x.ndim))
+    c = c.to(x.dtype).view(G, *([1] * x.ndim))
+    # y_g = (x - (m + δ_g)) / s  — the offset is added to the mean BEFORE dividing by s
+    y = (x - (mean + delta)) / scale  # (G, *x.shape)
+    log_kernel = -y.square() / (2 * c.square())  # (G, *x.shape)
+    if mixture_logits is None:
+        # product of Gaussians: the log-densities add (their 1/sqrt(2π c²) factors cancel later)
+        logits = log_kernel.sum(dim=0)
+    else:
+        # mixture: log Σ_g w_g exp(-y_g² / (2 c_g²))
+        log_w = torch.log_softmax(mixture_logits.to(x.dtype), dim=0).view(G, *([1] * x.ndim))
+        logits = torch.logsumexp(log_w + log_kernel, dim=0)
+    if mask is not None:
+        logits = logits.masked_fill(~mask.expand_as(x), float("-inf"))
+    return logits
+
+
+def gaussian_weights(x: Tensor, delta: Tensor, c: Tensor, *, axis: int = 1, **kwargs) -> Tensor:
+    r"""One head's weights a = softmax(ℓ) along ``axis``: same shape as x, each column sums to 1.
+
+    Keyword arguments as :func:`gaussian_logits` (eps, mixture_logits, standardize, mask);
+    masked elements get weight 0, a fully masked column gets all zeros.
+    """
+    # a_i = exp(ℓ_i) / Σ_j exp(ℓ_j)  ==  Π_g N(y_ig; 0, c_g²) / Σ_j Π_g N(y_jg; 0, c_g²)
+    return stable_softmax(gaussian_logits(x, delta, c, axis=axis, **kwargs), dim=_check_axis(x, axis))
+
+
+def head_chunks(n: int, H: int) -> list[tuple[int, int]]:
+    """(start, length) of each head's contiguous chunk of an axis of length n.
+
+    Every head gets n // H elements and the last one also takes the remainder, as the
+    reference code does (e.g. n=10, H=4 -> lengths 2, 2, 2, 4). Needs n >= H.
+    """
+    if H < 1 or n < H:
+        raise ValueError(f"the axis length n={n} must be at least the number of heads H={H} >= 1")
+    size = n // H
+    return [(h * size, size if h < H - 1 else n - h * size) for h in range(H)]
+
+
+def multi_head_gaussian_attention(
+    x: Tensor,
+    deltas: Tensor,
+    cs: Tensor,
+    *,
+    axis: int = 1,
+    eps: float = 1e-8,
+    mixture_logits: Tensor | None = None,
+    standardize: bool = True,
+    mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Multi-head GAAM without the residual: (x ⊙ a, a), both of x's shape.
+
+    Head h owns the h-th contiguous chunk of ``axis`` (:func:`head_chunks`), computes its
+    own mean and variance there and normalises its weights there (each chunk sums to 1).
+
+    Args:
+        x: e.g. (B, n, C) with ``axis=1``: n elements per column, C columns.
+        deltas, cs: (H, G) per-head offsets and scales; ``mixture_logits`` (H, G) for the
+            mixture form.
+        mask: optional bool of x's shape, True = real element.
+    """
+    axis = _check_axis(x, axis)
+    if deltas.ndim != 2 or cs.shape != deltas.shape:
+        raise ValueError(f"deltas and cs must both have shape (H, G), got {tuple(deltas.shape)} and {tuple(cs.shape)}")
+    if mixture_logits is not None and mixture_logits.shape != deltas.shape:
+        raise ValueError(f"mixture_logits must have shape (H, G)={tuple(deltas.shape)}, got {tuple(mixture_logits.shape)}")
+    if mask is not None and mask.shape != x.shape:
+        raise ValueError(f"mask must have x's shape {tuple(x.shape)}, got {tuple(mask.shape)}")
+    weights = []
+    for h, (start, length) in enumerate(head_chunks(x.shape[axis], deltas.shape[0])):
+        chunk = x.narrow(axis, start, length)  # (..., n_h, ...)
+        weights.append(gaussian_weights(
+            chunk, deltas[h], cs[h], axis=axis, eps=eps, standardize=standardize,
+            mixture_logits=None if mixture_logits is None else mixture_logits[h],
+            mask=None if mask is None else mask.narrow(axis, start, length),
+        ))
+    a = torch.cat(weights, dim=axis)  # (..., n, ...), each head's chunk sums to 1
+    # gating, not mixing: out_i = x_i · a_i
+    return x * a, a
+
+
+def collapse_product(delta: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The single Gaussian equal to a product of G Gaussians: (δ_eff, c_eff), 0-d tensors.
+
+    Σ_g (z - δ_g/s)² / c_g² = (z - δ_eff/s)² / c_eff² + const, with
+    1 / c_eff² = Σ_g 1 / c_g²  (precisions add)  and  δ_eff = c_eff² Σ_g δ_g / c_g²
+    (the precision-weighted mean). The constant cancels in the softmax, so GAAM's weights
+    with (delta, c) equal those with (δ_eff, c_eff) for every input.
+    """
+    _check_params(delta, c, None)
+    precision = (1 / c.square()).sum()
+    c_eff_sq = 1 / precision
+    return c_eff_sq * (delta / c.square()).sum(), torch.sqrt(c_eff_sq)
+
+
+def importance_factor(weights: Tensor, sample_axis: int = 0) -> Tensor:
+    r"""The book's reading of the paper's Importance Factor: mean weight, min-max scaled to [0, 1].
+
+    IF = (ā - min ā) / (max ā - min ā), with ā the weights averaged over ``sample_axis`` and
+    the min and max taken over the whole remaining map (e.g. (S, n, C) -> (n, C)). A constant
+    map gives zeros. The paper names the IF but its formula was not available to us.
+    """
+    mean = weights.mean(dim=sample_axis)
+    low, high = mean.min(), mean.max()
+    span = high - low
+    return torch.where(span > 0, (mean - low) / torch.where(span > 0, span, 1), torch.zeros_like(mean))
+
+
+class GaussianAdaptiveAttention(nn.Module):
+    r"""A multi-head GAAM block: x + x ⊙ a (or just x ⊙ a with ``residual=False``).
+
+    Parameters per head: G offsets δ (init 0) and G scales c (init exp(N(0, 1)), as in the
+    reference code), i.e. 2·H·G scalars; ``mixture=True`` adds G mixture logits per head.
+
+    Args:
+        n_heads: H, the number of contiguous chunks of the normalisation axis.
+        n_gaussians: G.
+        axis: the normalisation axis of the input (e.g. 1 for (B, n, C)).
+    """
+
+    def __init__(self, n_heads: int, n_gaussians: int = 1, *, axis: int = 1, eps: float = 1e-8,
+                 residual: bool = True, mixture: bool = False, standardize: bool = True):
+        super().__init__()
+        if n_heads < 1 or n_gaussians < 1:
+            raise ValueError(f"n_heads and n_gaussians must be >= 1, got {n_heads} and {n_gaussians}")
+        self.axis, self.eps, self.residual, self.standardize = axis, eps, residual, standardize
+        self.delta = nn.Parameter(torch.zeros(n_heads, n_gaussians))
+        self.c = nn.Parameter(torch.exp(torch.randn(n_heads, n_gaussians)))
+        self.mixture_logits = nn.Parameter(torch.zeros(n_heads, n_gaussians)) if mixture else None
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, return_weights: bool = False):
+        """x: any shape with the normalisation axis ``self.axis``; returns x's shape (+ weights)."""
+        gated, a = multi_head_gaussian_attention(
+            x, self.delta, self.c, axis=self.axis, eps=self.eps, mixture_logits=self.mixture_logits,
+            standardize=self.standardize, mask=mask,
+        )
+        out = x + gated if self.residual else gated
+        return (out, a) if return_weights else out
+
+    def extra_repr(self) -> str:
+        H, G = self.delta.shape
+        form = "mixture" if self.mixture_logits is not None else "product"
+        return f"heads={H}, gaussians={G}, axis={self.axis}, {form}, residual={self.residual}"
+
