@@ -8,7 +8,7 @@ from tests.exercises.grading import graded_task_test, rejects_test
 test_task = graded_task_test("00")
 
 
-# --- wrong answers the checks must reject (from the chapter brief) -------------------------
+# --- common wrong answers the checks must reject ------------------------------------------
 def _scores(q, k, mask, scale):
     s = q @ k.transpose(-2, -1) * scale
     return s if mask is None else s.masked_fill(~mask, float("-inf"))

@@ -8,7 +8,7 @@ from tests.exercises.grading import graded_task_test, rejects_test
 test_task = graded_task_test("01")
 
 
-# --- wrong answers the checks must reject (from the chapter brief) -------------------------
+# --- common wrong answers the checks must reject ------------------------------------------
 def _aug(x):
     return torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], dim=-1)
 

@@ -26,7 +26,7 @@ def _batch(B, L, d, sigma2, generator, *, beta_scale=None, noise_std=None, query
     return Z.to(dtype), zq.to(dtype), y[:, L].to(dtype)
 
 
-def batch_beta_standard_normal(B, L, d, sigma2, generator):  # the brief's catch: β ~ N(0, I)
+def batch_beta_standard_normal(B, L, d, sigma2, generator):  # a common slip: β ~ N(0, I)
     return _batch(B, L, d, sigma2, generator, beta_scale=1.0)
 
 
@@ -67,7 +67,7 @@ def _forward(Z, zq, A, u, *, scale=None, with_self=False, softmax_dim=-1, transp
     return (torch.softmax(s, dim=softmax_dim) * torch.einsum("hd,bld->bhl", u, keys)).sum((1, 2))
 
 
-def forward_query_attends_to_itself(Z, zq, A, u):  # the brief's catches
+def forward_query_attends_to_itself(Z, zq, A, u):  # common slips
     return _forward(Z, zq, A, u, with_self=True)
 
 
@@ -100,7 +100,7 @@ def dgd_no_centring(Z, zq, eta):  # vanilla GD
     return _gd(Z, zq, eta, centre_x=False)
 
 
-def dgd_centres_query_too(Z, zq, eta):  # the brief's catch: centring x_q
+def dgd_centres_query_too(Z, zq, eta):  # a common slip: centring x_q
     return _gd(Z, zq, eta, centre_query=True)
 
 
@@ -133,7 +133,7 @@ def _pattern(A, u, *, omega_scale=None, include_corner=False, mu_index=-1, rows_
     return omega, mu, (block[:, off].abs().mean() / full_diag[:, :d].abs().mean()).item()
 
 
-def pattern_forgets_sqrt_D(A, u):  # the brief's catches
+def pattern_forgets_sqrt_D(A, u):  # common slips
     return _pattern(A, u, omega_scale=1.0)
 
 

@@ -9,7 +9,7 @@ from tests.exercises.grading import graded_task_test, rejects_test
 test_task = graded_task_test("03")
 
 
-# --- wrong answers the checks must reject (from the chapter brief) -------------------------
+# --- common wrong answers the checks must reject ------------------------------------------
 def _weights(x, delta, c, axis=1, eps=1e-8, *, unbiased=True, offset_in_z=False, mixture=False, c_as_var=False):
     n = x.shape[axis]
     mean = x.mean(dim=axis, keepdim=True)
