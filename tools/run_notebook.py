@@ -69,7 +69,8 @@ def strip_volatile(nb) -> None:
                 if output.get("output_type") == "stream" and output.get("name") == "stderr":
                     # progress bars: keep no carriage-return frames
                     output["text"] = re.sub(r"[^\n]*\r", "", output["text"])
-    nb.metadata.pop("widgets", None) if not nb.metadata.get("widgets") else None
+    if not nb.metadata.get("widgets"):
+        nb.metadata.pop("widgets", None)
 
 
 def run(path: Path, budget: float) -> float:

@@ -3,6 +3,7 @@ import math
 
 import torch
 
+from attnbook.attention import merge_heads, split_heads
 from tests.exercises.grading import graded_task_test, rejects_test
 
 test_task = graded_task_test("00")
@@ -73,28 +74,23 @@ def merge_reshape_without_transpose(x):
 def _heads(x, params, H, mask, scale_width):
     B, N, D = x.shape
     d = D // H
-    q, k, v = (split_view(x @ params[n], H) for n in ("w_q", "w_k", "w_v"))
+    q, k, v = (split_heads(x @ params[n], H) for n in ("w_q", "w_k", "w_v"))
     w = torch.softmax(_scores(q, k, mask, 1 / math.sqrt(scale_width(D, d))), dim=-1)
     return w @ v  # (B, H, N, d)
 
 
-def split_view(x, H):
-    B, N, D = x.shape
-    return x.view(B, N, H, D // H).transpose(1, 2)
-
-
 def mha_sqrt_model_width(x, params, H, mask=None):
     heads = _heads(x, params, H, mask, lambda D, d: D)
-    return merge_reshape_correct(heads) @ params["w_o"]
+    return merge_heads(heads) @ params["w_o"]
 
 
 def mha_forgets_w_o(x, params, H, mask=None):
-    return merge_reshape_correct(_heads(x, params, H, mask, lambda D, d: d))
+    return merge_heads(_heads(x, params, H, mask, lambda D, d: d))
 
 
 def mha_heads_in_wrong_order(x, params, H, mask=None):
     heads = _heads(x, params, H, mask, lambda D, d: d).flip(1)
-    return merge_reshape_correct(heads) @ params["w_o"]
+    return merge_heads(heads) @ params["w_o"]
 
 
 def mha_scrambled_split(x, params, H, mask=None):
@@ -102,11 +98,6 @@ def mha_scrambled_split(x, params, H, mask=None):
     q, k, v = (split_view_without_transpose(x @ params[n], H) for n in ("w_q", "w_k", "w_v"))
     w = torch.softmax(_scores(q, k, mask, 1 / math.sqrt(D // H)), dim=-1)
     return merge_reshape_without_transpose(w @ v) @ params["w_o"]
-
-
-def merge_reshape_correct(x):
-    B, H, N, d = x.shape
-    return x.transpose(1, 2).reshape(B, N, H * d)
 
 
 def causal_off_by_one(N, M=None):
