@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from attnbook.mechanisms.gaussian import (
@@ -56,7 +56,10 @@ def test_weights_equal_explicit_pdf_product(B, n, C, G, axis, seed):
     delta = torch.randn(G, generator=g, **f64)
     c = 0.7 + torch.rand(G, generator=g, **f64)
     ours = gaussian_weights(x, delta, c, axis=axis)
-    torch.testing.assert_close(ours, pdf_reference(x, delta, c, axis), atol=1e-12, rtol=1e-10)
+    reference = pdf_reference(x, delta, c, axis)
+    # the explicit pdf product underflows to 0/0 for narrow Gaussians: the library works in log space
+    assume(torch.isfinite(reference).all())
+    torch.testing.assert_close(ours, reference, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(ours.sum(axis), torch.ones_like(ours.sum(axis)))
 
 
