@@ -1,35 +1,58 @@
 r"""Scaled dot-product attention and multi-head attention: the book's shared vocabulary.
 
-Notation (chapter 00, used by every chapter):
+Notation (chapter 00, used by every chapter; the book-wide table is ``book/notation.md``):
 
     X ∈ R^{B×N×D}, H heads of width d = D / H,
     Q_h = X W_Q^h,  K_h = C W_K^h,  V_h = C W_V^h          (C = X for self-attention)
     S_h = Q_h K_h^T / sqrt(d)  (+ mask: -inf where a key is hidden)     (B, N, M)
     A_h = softmax_row(S_h)                                              (B, N, M)
-    MHA(X) = concat_h(A_h V_h) W_O = Σ_h A_h V_h W_O^h                  (B, N, D)
+    MHA(X) = concat_h(A_h V_h) W_O + b_O = Σ_h A_h V_h W_O^h + b_O      (B, N, D)
 
 W_O^h is the h-th block of d rows of W_O (written as a D×D matrix acting on the right).
 The sum-over-heads form is the one that routing, pruning and head-level interpretability
 reuse: each head writes its own additive contribution to the output.
 
-Masks follow torch's convention: a boolean mask is True where a query MAY attend to a key;
-a floating mask is added to the scores. A query whose keys are all hidden gets zero weights
-and a zero output (as torch.nn.functional.scaled_dot_product_attention returns).
+**Extension points.** Most chapters are "multi-head attention with one thing changed".
+That one thing plugs into :class:`MultiHeadAttention` instead of a copied skeleton:
+
+    qk_transform(q, k, pos_q, pos_k) -> (q, k)   rotate/convolve queries and keys   (B, H, ·, d)
+    score_mod(scores, q, k) -> scores            add a bias or change the scores    (B, H, N, M)
+    mask_mod(N, M, device) -> mask               hide keys (bool) or add to scores  (N, M) or broadcastable
+    head_gate(x) -> gates                        weight each head per query token   (B, N, H)
+    value_transform(v) -> v                      change the value path              (B, H, M, d)
+
+Each is a plain callable or an ``nn.Module`` (then its parameters train with the layer).
+With ``return_intermediates=True`` the layer also returns an :class:`Intermediates` record:
+the transformed q, k, v, the pre-softmax scores, the weights, the per-head outputs, the
+gates and each head's additive term of the output.
+
+Masks follow torch's convention (see :mod:`attnbook.masks`): a boolean mask is True where a
+query MAY attend to a key; a floating mask is added to the scores. A query whose keys are
+all hidden gets zero weights and a zero output (as
+torch.nn.functional.scaled_dot_product_attention returns).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .masks import apply_mask, causal_mask, padding_mask, query_positions
+from .validate import check_qkv, check_scale, require_int, require_tensor
+
 __all__ = [
     "stable_softmax",
+    "attention_scores",
     "scaled_dot_product_attention",
     "causal_mask",
     "padding_mask",
     "split_heads",
     "merge_heads",
+    "Intermediates",
     "MultiHeadAttention",
 ]
 
@@ -52,38 +75,30 @@ def stable_softmax(scores: Tensor, dim: int = -1) -> Tensor:
     return exp / torch.where(total == 0, torch.ones_like(total), total)
 
 
-def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.ndim < 2:
-            raise ValueError(f"{name} must have shape (..., tokens, width), got {tuple(t.shape)}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"q and k must share their last (head-width) dimension d: q is {tuple(q.shape)}, "
-            f"k is {tuple(k.shape)}"
-        )
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"k and v must have the same number of tokens M: k is {tuple(k.shape)}, v is {tuple(v.shape)}"
-        )
-    if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
-        raise ValueError(
-            "q, k and v must share their leading (batch, head) dimensions: "
-            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
+def attention_scores(q: Tensor, k: Tensor, scale: float | None = None) -> Tensor:
+    r"""S = q k^T · scale, scale = 1 / sqrt(d) by default.  q (..., N, d), k (..., M, d) -> (..., N, M)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else check_scale(scale)
+    return (q @ k.transpose(-2, -1)) * scale  # (..., N, M)
 
 
-def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
-    try:
-        broadcast = torch.broadcast_shapes(mask.shape, scores_shape)
-    except RuntimeError:
-        broadcast = None
-    if broadcast != scores_shape:
-        raise ValueError(
-            f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
-            f"{tuple(scores_shape)} (..., N queries, M keys)"
-        )
+ScoreMod = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def _attend(q, k, v, masks, scale, score_mod: ScoreMod | None):
+    """The one computation behind both forms: scores -> modified -> masked -> softmax -> values."""
+    # S = Q K^T / sqrt(d)
+    scores = attention_scores(q, k, scale)  # (..., N, M)
+    if score_mod is not None:
+        # S' = score_mod(S): a bias, a relative-position term, ...
+        scores = score_mod(scores, q, k)
+        if not isinstance(scores, Tensor) or scores.shape[-2:] != (q.shape[-2], k.shape[-2]):
+            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ValueError(f"score_mod must return scores of shape (..., N, M), got {got}")
+    for m in masks:
+        scores = apply_mask(scores, m)  # -inf where hidden, + where additive
+    # A = softmax_row(S), over the KEY axis (each query's weights sum to 1)
+    weights = stable_softmax(scores, dim=-1)  # (..., N, M)
+    return weights @ v, weights, scores  # (..., N, d_v), (..., N, M), (..., N, M)
 
 
 def scaled_dot_product_attention(
@@ -94,6 +109,7 @@ def scaled_dot_product_attention(
     *,
     causal: bool = False,
     scale: float | None = None,
+    score_mod: ScoreMod | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""softmax(q k^T / sqrt(d) + mask) v, returning the output and the attention weights.
 
@@ -103,68 +119,27 @@ def scaled_dot_product_attention(
         v: values (..., M, d_v).
         mask: boolean (True = may attend) or additive float, broadcastable to (..., N, M).
         causal: also hide future keys; with N ≠ M the queries are the LAST N positions
-            (as when decoding with a cache), see :func:`causal_mask`.
-        scale: multiplies the scores; default 1 / sqrt(d).
+            (as when decoding with a cache), see :func:`attnbook.masks.causal_mask`.
+        scale: a number > 0 that multiplies the scores; default 1 / sqrt(d).
+        score_mod: ``score_mod(scores, q, k) -> scores``, applied after scaling and before
+            the masks (a bias, a relative-position term).
 
     Returns:
         out (..., N, d_v) and weights (..., N, M). Rows whose keys are all hidden give zeros.
     """
-    _check_qkv(q, k, v)
-    d = q.shape[-1]
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    # S = Q K^T / sqrt(d)
-    scores = (q @ k.transpose(-2, -1)) * scale  # (..., N, M)
-    if causal:
-        allowed = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    if mask is not None:
-        _check_mask(mask, scores.shape)
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask.to(scores.dtype)
-    # A = softmax_row(S), over the KEY axis (each query's weights sum to 1)
-    weights = stable_softmax(scores, dim=-1)  # (..., N, M)
-    return weights @ v, weights  # (..., N, d_v), (..., N, M)
-
-
-def causal_mask(N: int, M: int | None = None, *, device: torch.device | str | None = None) -> Tensor:
-    r"""Boolean (N, M) mask, True where query i may attend to key j.
-
-    The N queries are the last N of the M positions (decoding with a cache of M - N
-    earlier tokens), so query i sits at position i + (M - N) and sees keys j <= i + M - N.
-    With N == M this is the usual lower triangle, diagonal included.
-    """
-    M = N if M is None else M
-    if N < 1 or M < 1:
-        raise ValueError(f"causal_mask needs N >= 1 and M >= 1, got N={N}, M={M}")
-    if M < N:
-        raise ValueError(f"causal_mask with queries at the end needs M >= N, got N={N}, M={M}")
-    query_pos = torch.arange(N, device=device)[:, None] + (M - N)  # (N, 1)
-    key_pos = torch.arange(M, device=device)[None, :]  # (1, M)
-    return key_pos <= query_pos  # (N, M)
-
-
-def padding_mask(lengths: Tensor | list[int], M: int) -> Tensor:
-    r"""Boolean key-padding mask (B, M): True for the first ``lengths[b]`` keys of sequence b.
-
-    Turn it into an attention mask with ``mask[:, None, :]`` for (B, N, M) scores or
-    ``mask[:, None, None, :]`` for (B, H, N, M) scores.
-    """
-    lengths = torch.as_tensor(lengths)
-    if lengths.ndim != 1:
-        raise ValueError(f"lengths must be 1-D (B,), got shape {tuple(lengths.shape)}")
-    if (lengths < 0).any() or (lengths > M).any():
-        raise ValueError(f"every entry of lengths must lie in [0, M={M}], got {lengths.tolist()}")
-    return torch.arange(M, device=lengths.device)[None, :] < lengths[:, None]  # (B, M)
+    check_qkv(q, k, v)
+    masks = [causal_mask(q.shape[-2], k.shape[-2], device=q.device)] if causal else []
+    masks.append(mask)
+    out, weights, _ = _attend(q, k, v, masks, scale, score_mod)
+    return out, weights
 
 
 def split_heads(x: Tensor, H: int) -> Tensor:
     """(B, N, D) -> (B, H, N, d) with d = D / H: head h takes columns h*d ... (h+1)*d - 1."""
-    if x.ndim != 3:
-        raise ValueError(f"split_heads expects x of shape (B, N, D), got {tuple(x.shape)}")
+    require_tensor(x, "x", ndim=3, shape="(B, N, D)")
+    H = require_int(H, "H", minimum=1)
     B, N, D = x.shape
-    if H < 1 or D % H:
+    if D % H:
         raise ValueError(f"model width D={D} must be divisible by the number of heads H={H}")
     # view as (B, N, H, d), then move the head axis in front of the token axis
     return x.view(B, N, H, D // H).transpose(1, 2)  # (B, H, N, d)
@@ -172,32 +147,110 @@ def split_heads(x: Tensor, H: int) -> Tensor:
 
 def merge_heads(x: Tensor) -> Tensor:
     """(B, H, N, d) -> (B, N, H*d): the inverse of :func:`split_heads` (concatenate heads)."""
-    if x.ndim != 4:
-        raise ValueError(f"merge_heads expects x of shape (B, H, N, d), got {tuple(x.shape)}")
+    require_tensor(x, "x", ndim=4, shape="(B, H, N, d)")
     B, H, N, d = x.shape
     return x.transpose(1, 2).reshape(B, N, H * d)  # (B, N, D)
 
 
-class MultiHeadAttention(nn.Module):
-    r"""Multi-head attention in the sum-over-heads form.
+@dataclass
+class Intermediates:
+    r"""What happened inside one :class:`MultiHeadAttention` call.
 
-    out = Σ_h softmax(Q_h K_h^T / sqrt(d) + mask) V_h W_O^h + b_O
+    Attributes:
+        q: queries after ``qk_transform`` (B, H, N, d).
+        k: keys after ``qk_transform`` (B, H, M, d).
+        v: values after ``value_transform`` (B, H, M, d).
+        scores: pre-softmax scores, after ``score_mod`` and every mask (B, H, N, M).
+        weights: A_h = softmax(scores) (B, H, N, M).
+        heads: per-head outputs A_h V_h (B, H, N, d).
+        gates: per-token head gates g (B, N, H), or None without ``head_gate``.
+        contributions: each head's additive term g_h A_h V_h W_O^h (B, H, N, D); the layer's
+            output is their sum over h plus b_O.
+    """
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    scores: Tensor
+    weights: Tensor
+    heads: Tensor
+    gates: Tensor | None
+    contributions: Tensor
+
+
+class MultiHeadAttention(nn.Module):
+    r"""Multi-head attention in the sum-over-heads form, with extension points.
+
+    out = Σ_h g_h · softmax(score_mod(Q_h K_h^T / sqrt(d)) + mask) V_h W_O^h + b_O
 
     Args:
         D: model width.
         H: number of heads; D must be divisible by H.
         bias: whether the four projections have biases.
+        qk_transform: ``f(q, k, pos_q, pos_k) -> (q, k)`` on (B, H, N, d) and (B, H, M, d);
+            pos_q (N,) and pos_k (M,) are the token positions (queries are the last N of M).
+        score_mod: ``f(scores, q, k) -> scores`` on (B, H, N, M) scaled scores.
+        mask_mod: ``f(N, M, device) -> mask``, boolean or additive, broadcastable to (B, H, N, M).
+        head_gate: ``f(x) -> gates`` (B, N, H) from the query tokens x (B, N, D).
+        value_transform: ``f(v) -> v`` on (B, H, M, d).
     """
 
-    def __init__(self, D: int, H: int, bias: bool = True):
+    def __init__(
+        self,
+        D: int,
+        H: int,
+        bias: bool = True,
+        *,
+        qk_transform: Callable | None = None,
+        score_mod: ScoreMod | None = None,
+        mask_mod: Callable | None = None,
+        head_gate: Callable | None = None,
+        value_transform: Callable | None = None,
+    ):
         super().__init__()
-        if H < 1 or D % H:
+        D, H = require_int(D, "D", minimum=1), require_int(H, "H", minimum=1)
+        if D % H:
             raise ValueError(f"model width D={D} must be divisible by the number of heads H={H}")
         self.D, self.H, self.d = D, H, D // H
         self.w_q = nn.Linear(D, D, bias=bias)
         self.w_k = nn.Linear(D, D, bias=bias)
         self.w_v = nn.Linear(D, D, bias=bias)
         self.w_o = nn.Linear(D, D, bias=bias)
+        for name, fn in (("qk_transform", qk_transform), ("score_mod", score_mod), ("mask_mod", mask_mod),
+                         ("head_gate", head_gate), ("value_transform", value_transform)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable (a function or an nn.Module), got {type(fn).__name__}")
+        # Modules among these register as submodules, so their parameters train with the layer.
+        self.qk_transform = qk_transform
+        self.score_mod = score_mod
+        self.mask_mod = mask_mod
+        self.head_gate = head_gate
+        self.value_transform = value_transform
+
+    def _check_inputs(self, x: Tensor, context: Tensor) -> None:
+        require_tensor(x, "x", ndim=3, floating=True, shape=f"(B, N, D={self.D})")
+        require_tensor(context, "context", ndim=3, floating=True, shape=f"(B, M, D={self.D})")
+        if x.shape[-1] != self.D:
+            raise ValueError(f"x must have shape (B, N, D={self.D}), got {tuple(x.shape)}")
+        if context.shape[-1] != self.D or context.shape[0] != x.shape[0]:
+            raise ValueError(f"context must have shape (B={x.shape[0]}, M, D={self.D}), got {tuple(context.shape)}")
+        weight = self.w_q.weight
+        for name, t in (("x", x), ("context", context)):
+            if t.dtype != weight.dtype:
+                raise TypeError(f"{name} is {t.dtype} but the layer's weights are {weight.dtype}: "
+                                f"convert one of them (layer.to({t.dtype}) or {name}.to({weight.dtype}))")
+            if t.device != weight.device:
+                raise ValueError(f"{name} is on {t.device} but the layer's weights are on {weight.device}")
+
+    def _padding(self, key_padding_mask: Tensor | None, B: int, M: int) -> Tensor | None:
+        if key_padding_mask is None:
+            return None
+        if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
+            raise TypeError("key_padding_mask must be a boolean tensor (True = real token), got "
+                            f"{getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}")
+        if key_padding_mask.shape != (B, M):
+            raise ValueError(f"key_padding_mask must have shape (B={B}, M={M}), got {tuple(key_padding_mask.shape)}")
+        return key_padding_mask[:, None, None, :]  # (B, 1, 1, M)
 
     def forward(
         self,
@@ -208,7 +261,8 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         causal: bool = False,
         return_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+        return_intermediates: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, Intermediates]:
         r"""Attend from ``x`` to ``context`` (to ``x`` itself when no context is given).
 
         Args:
@@ -218,50 +272,55 @@ class MultiHeadAttention(nn.Module):
             key_padding_mask: boolean (B, M), True for real tokens (see :func:`padding_mask`).
             causal: hide future keys (queries at the end when N ≠ M).
             return_weights: also return the per-head weights (B, H, N, M).
+            return_intermediates: also return an :class:`Intermediates` record.
+
+        Returns:
+            out (B, N, D); with ``return_weights`` (out, weights); with
+            ``return_intermediates`` (out, intermediates).
         """
         context = x if context is None else context
-        if x.ndim != 3 or x.shape[-1] != self.D:
-            raise ValueError(f"x must have shape (B, N, D={self.D}), got {tuple(x.shape)}")
-        if context.ndim != 3 or context.shape[-1] != self.D or context.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"context must have shape (B={x.shape[0]}, M, D={self.D}), got {tuple(context.shape)}"
-            )
-        B, M = context.shape[0], context.shape[1]
-        if key_padding_mask is not None:
-            if key_padding_mask.shape != (B, M) or key_padding_mask.dtype != torch.bool:
-                raise ValueError(
-                    f"key_padding_mask must be a boolean tensor of shape (B={B}, M={M}), got "
-                    f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
-                )
-            padding = key_padding_mask[:, None, None, :]  # (B, 1, 1, M)
-            if mask is None:
-                mask = padding
-            elif mask.dtype == torch.bool:
-                mask = mask & padding
-            else:
-                mask = mask.masked_fill(~padding, float("-inf"))
+        self._check_inputs(x, context)
+        B, N, M = x.shape[0], x.shape[1], context.shape[1]
+        masks = [causal_mask(N, M, device=x.device)] if causal else []
+        if self.mask_mod is not None:
+            masks.append(self.mask_mod(N, M, x.device))
+        masks += [self._padding(key_padding_mask, B, M), mask]
         # Q_h = X W_Q^h, K_h = C W_K^h, V_h = C W_V^h, all heads at once
         q = split_heads(self.w_q(x), self.H)  # (B, H, N, d)
         k = split_heads(self.w_k(context), self.H)  # (B, H, M, d)
         v = split_heads(self.w_v(context), self.H)  # (B, H, M, d)
-        heads, weights = scaled_dot_product_attention(q, k, v, mask, causal=causal)  # (B, H, N, d)
-        # out = Σ_h (A_h V_h) W_O^h + b_O, with W_O^h the h-th (d, D) block of W_O
+        if self.qk_transform is not None:
+            # positions: the queries are the last N of the M key positions
+            pos_q, pos_k = query_positions(N, M, device=x.device), torch.arange(M, device=x.device)
+            q, k = self.qk_transform(q, k, pos_q, pos_k)  # (B, H, N, d), (B, H, M, d)
+        if self.value_transform is not None:
+            v = self.value_transform(v)  # (B, H, M, d)
+        heads, weights, scores = _attend(q, k, v, masks, None, self.score_mod)  # (B, H, N, d)
+        gates = None
+        if self.head_gate is not None:
+            gates = self.head_gate(x)  # (B, N, H)
+            if not isinstance(gates, Tensor) or gates.shape != (B, N, self.H):
+                got = tuple(gates.shape) if isinstance(gates, Tensor) else type(gates).__name__
+                raise ValueError(f"head_gate must return gates of shape (B={B}, N={N}, H={self.H}), got {got}")
+            # g_h · A_h V_h, per query token
+            heads = heads * gates.transpose(1, 2)[..., None]  # (B, H, N, d)
+        # out = Σ_h (g_h A_h V_h) W_O^h + b_O, with W_O^h the h-th (d, D) block of W_O
         w_o = self.w_o.weight.T.reshape(self.H, self.d, self.D)  # (H, d, D)
         out = torch.einsum("bhnd,hde->bne", heads, w_o)  # (B, N, D)
         if self.w_o.bias is not None:
             out = out + self.w_o.bias
+        if return_intermediates:
+            contributions = torch.einsum("bhnd,hde->bhne", heads, w_o)  # (B, H, N, D)
+            return out, Intermediates(q, k, v, scores, weights, heads, gates, contributions)
         return (out, weights) if return_weights else out
 
     def head_contributions(self, x: Tensor, context: Tensor | None = None, **kwargs) -> Tensor:
-        """Each head's additive term A_h V_h W_O^h of the output, (B, H, N, D) (bias excluded)."""
-        context = x if context is None else context
-        _, weights = self.forward(x, context, return_weights=True, **kwargs)  # (B, H, N, M)
-        v = split_heads(self.w_v(context), self.H)  # (B, H, M, d)
-        w_o = self.w_o.weight.T.reshape(self.H, self.d, self.D)  # (H, d, D)
-        return torch.einsum("bhnm,bhmd,hde->bhne", weights, v, w_o)  # (B, H, N, D)
+        """Each head's additive term g_h A_h V_h W_O^h of the output, (B, H, N, D) (bias excluded)."""
+        _, inter = self.forward(x, context, return_intermediates=True, **kwargs)
+        return inter.contributions  # (B, H, N, D)
 
     @classmethod
-    def from_torch(cls, m: nn.MultiheadAttention) -> "MultiHeadAttention":
+    def from_torch(cls, m: nn.MultiheadAttention) -> MultiHeadAttention:
         """Copy the weights of a ``torch.nn.MultiheadAttention`` (same width for q, k, v).
 
         torch packs W_Q, W_K, W_V row-wise into ``in_proj_weight`` (3D, D); nn.Linear stores

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .masks import causal_mask
+
 __all__ = ["plot_attention_heads", "plot_heatmap", "plot_curves"]
 
 
@@ -68,7 +70,7 @@ def plot_attention_heads(
     rows = (H + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.4), squeeze=False)
     if causal:
-        hidden = np.arange(M)[None, :] > np.arange(N)[:, None] + (M - N)  # (N, M)
+        hidden = ~causal_mask(N, M).numpy()  # (N, M): True where a key is hidden
         w = np.where(hidden[None], np.nan, w)
     cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     for h, ax in enumerate(axes.flat):

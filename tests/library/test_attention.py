@@ -129,3 +129,129 @@ def test_stable_softmax_is_stable_and_handles_hidden_rows():
 def test_bad_input_raises_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def _qkv(dtype=torch.float32, N=4, M=4):
+    g = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(1, 2, n, 8, generator=g, dtype=dtype) for n in (N, M, M))
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        # a 0/1 integer mask added to the scores would let a causal mask see the future
+        (lambda: scaled_dot_product_attention(*_qkv(), causal_mask(4).long()), TypeError, "integer 0/1 mask"),
+        (lambda: scaled_dot_product_attention(*_qkv(), causal_mask(4).to(torch.uint8)), TypeError, "integer 0/1 mask"),
+        (lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 4, 8), mask=causal_mask(4).int()), TypeError, "integer"),
+        (lambda: causal_mask(3.5), TypeError, "N must be an integer"),
+        (lambda: causal_mask(3, 4.0), TypeError, "M must be an integer"),
+        (lambda: causal_mask(True), TypeError, "N must be an integer"),
+        (lambda: causal_mask(0), ValueError, "N must be >= 1"),
+        (lambda: scaled_dot_product_attention(*_qkv(), scale=-1), ValueError, "scale must be a finite number > 0"),
+        (lambda: scaled_dot_product_attention(*_qkv(), scale=0.0), ValueError, "scale"),
+        (lambda: scaled_dot_product_attention(*_qkv(), scale=float("nan")), ValueError, "scale"),
+        (lambda: scaled_dot_product_attention(*_qkv(N=5, M=3), causal=True), ValueError, "M >= N"),
+        (lambda: scaled_dot_product_attention(_qkv()[0].double(), *_qkv()[1:]), TypeError, "one dtype"),
+        (lambda: scaled_dot_product_attention(torch.zeros(1, 3, 4, dtype=torch.long), torch.zeros(1, 3, 4),
+                                              torch.zeros(1, 3, 4)), TypeError, "floating dtype"),
+        (lambda: scaled_dot_product_attention([[1.0]], torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)), TypeError, "torch.Tensor"),
+        (lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 3, 8, dtype=torch.float64)), TypeError, "float64 but the layer"),
+        (lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 3, 8), torch.zeros(1, 3, 8, dtype=torch.float64)), TypeError,
+         "context is torch.float64"),
+        (lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 3, 8), key_padding_mask=torch.ones(1, 3)), TypeError, "boolean"),
+        (lambda: MultiHeadAttention(8, 2.0), TypeError, "H must be an integer"),
+        (lambda: MultiHeadAttention(8, 2, score_mod="bias"), TypeError, "score_mod must be callable"),
+        (lambda: MultiHeadAttention(8, 2, score_mod=lambda s, q, k: s[..., :1])(torch.zeros(1, 3, 8)), ValueError,
+         "score_mod must return"),
+        (lambda: MultiHeadAttention(8, 2, head_gate=lambda x: torch.ones(1, 3))(torch.zeros(1, 3, 8)), ValueError,
+         "head_gate must return gates of shape"),
+    ],
+)
+def test_bad_input_gets_an_attnbook_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_additive_float_mask_still_accepted_and_equals_boolean():
+    q, k, v = _qkv(torch.float64)
+    allowed = causal_mask(4)
+    additive = torch.zeros(4, 4, dtype=torch.float64).masked_fill(~allowed, float("-inf"))
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, additive)[0],
+                               scaled_dot_product_attention(q, k, v, allowed)[0])
+
+
+def _layer(**points):
+    torch.manual_seed(0)
+    return MultiHeadAttention(12, 3, **points).double()
+
+
+X = torch.randn(2, 5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+
+def test_intermediates_add_up_to_the_output():
+    layer = _layer()
+    out, inter = layer(X, causal=True, return_intermediates=True)
+    torch.testing.assert_close(inter.contributions.sum(1) + layer.w_o.bias, out)
+    torch.testing.assert_close(stable_softmax(inter.scores), inter.weights)
+    assert torch.isinf(inter.scores[..., 0, 1:]).all()  # the causal mask is in the pre-softmax scores
+    torch.testing.assert_close(inter.heads, inter.weights @ inter.v)
+    assert inter.gates is None and inter.q.shape == (2, 3, 5, 4)
+
+
+def test_score_mod_bias_equals_an_additive_mask():
+    bias = torch.randn(5, 5, dtype=torch.float64)
+    with_mod = _layer(score_mod=lambda s, q, k: s + bias)(X)
+    torch.testing.assert_close(with_mod, _layer()(X, mask=bias))
+
+
+def test_mask_mod_window_equals_passing_the_mask():
+    from attnbook.masks import window_mask
+
+    windowed = _layer(mask_mod=lambda N, M, device: window_mask(N, M, left=1, device=device))
+    torch.testing.assert_close(windowed(X), _layer()(X, mask=window_mask(5, left=1)))
+
+
+def test_head_gate_weights_each_head_term():
+    gates = torch.rand(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    plain = _layer()
+    _, inter = plain(X, return_intermediates=True)
+    gated, g_inter = _layer(head_gate=lambda x: gates)(X, return_intermediates=True)
+    expected = (inter.contributions * gates.permute(0, 2, 1)[..., None]).sum(1) + plain.w_o.bias
+    torch.testing.assert_close(gated, expected)
+    assert g_inter.gates is gates
+    # a gate of 0 removes the head: its term is exactly zero
+    zero_head = gates.clone()
+    zero_head[..., 1] = 0
+    _, z_inter = _layer(head_gate=lambda x: zero_head)(X, return_intermediates=True)
+    assert (z_inter.contributions[:, 1] == 0).all()
+
+
+def test_qk_transform_gets_positions_with_queries_at_the_end():
+    seen = {}
+
+    def record(q, k, pos_q, pos_k):
+        seen.update(pos_q=pos_q.tolist(), pos_k=pos_k.tolist())
+        return 2 * q, k  # doubling q doubles every score
+
+    context = torch.randn(2, 7, 12, dtype=torch.float64)
+    out = _layer(qk_transform=record)(X, context)
+    assert seen == {"pos_q": [2, 3, 4, 5, 6], "pos_k": list(range(7))}
+    sharper = _layer(score_mod=lambda s, q, k: 2 * s)(X, context)
+    torch.testing.assert_close(out, sharper)
+
+
+def test_value_transform_and_module_parameters_train():
+    scale = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    class ScaleValues(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, v):
+            return self.scale * v
+
+    layer = _layer(value_transform=ScaleValues())
+    assert any(p is scale for p in layer.parameters())  # a module extension point registers
+    plain = _layer()
+    torch.testing.assert_close(layer(X) - layer.w_o.bias, 2 * (plain(X) - plain.w_o.bias))

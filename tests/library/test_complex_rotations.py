@@ -1,4 +1,4 @@
-"""attnbook.mechanisms.complex_rotation: RoPE and Euler-rotation anchors, equivalences, errors."""
+"""attnbook.mechanisms.complex_rotations: RoPE and Euler-rotation anchors, equivalences, errors."""
 import math
 
 import pytest
@@ -6,10 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnbook.attention import causal_mask
-from attnbook.mechanisms.complex_rotation import (
-    AdaptiveRotaryAttention,
-    RotaryTransformer,
+from attnbook.attention import causal_mask, merge_heads, split_heads
+from attnbook.mechanisms.complex_rotations import (
+    rotary_attention,
+    rotary_transformer,
     adaptive_rotation_attention,
     complex_rotation_scores,
     euler_rotate,
@@ -185,11 +185,13 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="pairing"):
         split_pairs(x, "odd")
     with pytest.raises(ValueError, match="mode"):
-        AdaptiveRotaryAttention(16, 2, "alibi")
+        rotary_attention(16, 2, "alibi")
     with pytest.raises(ValueError, match="even width"):
-        AdaptiveRotaryAttention(12, 4)
+        rotary_attention(12, 4)
     with pytest.raises(ValueError, match="x must have shape"):
-        AdaptiveRotaryAttention(16, 2)(torch.randn(2, 5, 8))
+        rotary_attention(16, 2)(torch.randn(2, 5, 8))
+    with pytest.raises(TypeError, match="torch.float64 but the layer.s weights are torch.float32"):
+        rotary_attention(16, 2)(torch.randn(2, 5, 16, **f64))
 
 
 def test_attention_matches_pairwise_scores_with_causal_mask():
@@ -208,22 +210,43 @@ def test_modules_start_as_rope_and_shapes():
     layers = {}
     for mode in ("nope", "rope", "shared", "per_head"):
         torch.manual_seed(0)
-        layers[mode] = AdaptiveRotaryAttention(16, 2, mode, angle_scale=10.0).double()
-    out_rope, w = layers["rope"](x, return_weights=True)
+        layers[mode] = rotary_attention(16, 2, mode, angle_scale=10.0).double()
+    out_rope, w = layers["rope"](x, causal=True, return_weights=True)
     assert out_rope.shape == (2, 9, 16) and w.shape == (2, 2, 9, 9)
-    assert torch.allclose(w.triu(1), torch.zeros_like(w))  # causal by default
+    assert torch.allclose(w.triu(1), torch.zeros_like(w))
     for mode in ("shared", "per_head"):
-        torch.testing.assert_close(layers[mode](x), out_rope, atol=1e-9, rtol=0)
-    assert layers["per_head"].delta.shape == (2, 1, 4) and layers["shared"].delta.shape == (1, 1, 4)
-    assert layers["rope"].delta is None
-    assert not torch.allclose(layers["nope"](x), out_rope)
+        torch.testing.assert_close(layers[mode](x, causal=True), out_rope, atol=1e-9, rtol=0)
+    rotations = {mode: layer.qk_transform for mode, layer in layers.items()}
+    assert rotations["per_head"].delta.shape == (2, 1, 4) and rotations["shared"].delta.shape == (1, 1, 4)
+    assert rotations["rope"].delta is None
+    assert not torch.allclose(layers["nope"](x, causal=True), out_rope)
     # NoPE is permutation-equivariant without a mask; RoPE is not
     perm = torch.randperm(9)
     nope = layers["nope"]
-    torch.testing.assert_close(nope(x[:, perm], causal=False), nope(x, causal=False)[:, perm])
-    model = RotaryTransformer(vocab=12, n_out=5, D=16, H=2, layers=2, mode="per_head")
-    logits, weights = model(torch.randint(12, (3, 10)), return_weights=True)
-    assert logits.shape == (3, 10, 5) and len(weights) == 2 and weights[0].shape == (3, 2, 10, 10)
+    torch.testing.assert_close(nope(x[:, perm]), nope(x)[:, perm])
+    assert not torch.allclose(layers["rope"](x[:, perm]), layers["rope"](x)[:, perm])
+
+
+def test_rotary_layer_equals_rotating_by_hand():
+    """The qk_transform plugged into MultiHeadAttention = rotate q, k per head, then plain attention."""
+    torch.manual_seed(1)
+    layer = rotary_attention(16, 2, "per_head", angle_scale=10.0).double()
+    with torch.no_grad():
+        layer.qk_transform.delta_u.normal_()
+        layer.qk_transform.bias_w.normal_()
+    x = torch.randn(3, 7, 16, **f64)
+    t = layer.qk_transform
+    q, k, v = (split_heads(w(x), 2) for w in (layer.w_q, layer.w_k, layer.w_v))
+    pos = torch.arange(7)
+    heads, _ = adaptive_rotation_attention(q, k, v, pos, t.theta.double(), t.delta, t.bias, causal=True)
+    torch.testing.assert_close(layer(x, causal=True), layer.w_o(merge_heads(heads)), atol=1e-10, rtol=1e-10)
+
+
+def test_rotary_transformer_returns_each_layers_weights():
+    model = rotary_transformer(vocab=12, n_out=5, D=16, H=2, layers=2, mode="per_head")
+    logits, records = model(torch.randint(12, (3, 10)), return_intermediates=True)
+    assert logits.shape == (3, 10, 5) and len(records) == 2 and records[0].weights.shape == (3, 2, 10, 10)
+    assert torch.allclose(records[1].weights.triu(1), torch.zeros(()))  # causal
 
 
 def test_mixed_lookup_targets():

@@ -43,7 +43,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..attention import scaled_dot_product_attention, split_heads, merge_heads
+from ..attention import MultiHeadAttention, scaled_dot_product_attention
+from ..models import ModelConfig, TinyTransformer
+from ..validate import require_int, require_tensor
 
 __all__ = [
     "rope_frequencies",
@@ -54,8 +56,9 @@ __all__ = [
     "euler_rotate",
     "complex_rotation_scores",
     "adaptive_rotation_attention",
-    "AdaptiveRotaryAttention",
-    "RotaryTransformer",
+    "RotaryTransform",
+    "rotary_attention",
+    "rotary_transformer",
     "MODES",
 ]
 
@@ -99,8 +102,7 @@ def merge_pairs(r: Tensor, p: Tensor, pairing: str = "interleaved") -> Tensor:
 
 
 def _check_rotation_args(x: Tensor, pos: Tensor, theta: Tensor, name: str = "x") -> None:
-    if x.ndim < 2:
-        raise ValueError(f"{name} must have shape (..., N, d), got {tuple(x.shape)}")
+    require_tensor(x, name, min_ndim=2, floating=True, shape="(..., N, d)")
     N, d = x.shape[-2], x.shape[-1]
     if d % 2:
         raise ValueError(f"the head width of {name} must be even (pairs of coordinates), got {name} of shape {tuple(x.shape)}")
@@ -226,8 +228,11 @@ def adaptive_rotation_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, th
     return scaled_dot_product_attention(q_rot, k_rot, v, mask, causal=causal)
 
 
-class AdaptiveRotaryAttention(nn.Module):
-    r"""Multi-head self-attention with a rotation scheme on queries and keys.
+class RotaryTransform(nn.Module):
+    r"""The chapter's one change to multi-head attention: rotate queries and keys.
+
+    A ``qk_transform`` for :class:`~attnbook.attention.MultiHeadAttention`: it receives the
+    split heads q (B, H, N, d), k (B, H, M, d) and the token positions, and returns them rotated.
 
     mode:
         "nope":     no rotation (plain attention, no position information);
@@ -239,21 +244,20 @@ class AdaptiveRotaryAttention(nn.Module):
     multiplies the step size of δ and b (EulerFormer's LLaMA code scales them by 100 and 1000).
     """
 
-    def __init__(self, D: int, H: int, mode: str = "rope", base: float = 10000.0, pairing: str = "interleaved",
+    def __init__(self, d: int, H: int, mode: str = "rope", base: float = 10000.0, pairing: str = "interleaved",
                  angle_scale: float = 1.0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if H < 1 or D % H or (D // H) % 2:
-            raise ValueError(f"D={D} must split into H={H} heads of even width d = D / H")
-        self.D, self.H, self.d, self.mode, self.pairing = D, H, D // H, mode, pairing
-        self.w_q, self.w_k, self.w_v, self.w_o = (nn.Linear(D, D) for _ in range(4))
-        self.register_buffer("theta", rope_frequencies(self.d, base), persistent=False)  # (d/2,)
-        self.angle_scale = angle_scale
+        d, H = require_int(d, "d", minimum=2), require_int(H, "H", minimum=1)
+        if d % 2:
+            raise ValueError(f"the head width d={d} must be even (pairs of coordinates)")
+        self.d, self.H, self.mode, self.pairing, self.angle_scale = d, H, mode, pairing, angle_scale
+        self.register_buffer("theta", rope_frequencies(d, base), persistent=False)  # (d/2,)
         rows = {"shared": 1, "per_head": H}.get(mode)
         if rows is not None:
-            self.delta_u = nn.Parameter(torch.zeros(rows, 1, self.d // 2))  # (1 or H, 1, d/2)
-            self.bias_w = nn.Parameter(torch.zeros(rows, 1, self.d // 2))
+            self.delta_u = nn.Parameter(torch.zeros(rows, 1, d // 2))  # (1 or H, 1, d/2)
+            self.bias_w = nn.Parameter(torch.zeros(rows, 1, d // 2))
 
     @property
     def delta(self) -> Tensor | None:
@@ -265,54 +269,37 @@ class AdaptiveRotaryAttention(nn.Module):
         """b (1 or H, 1, d/2) for the learnable modes, else None."""
         return self.angle_scale * self.bias_w if hasattr(self, "bias_w") else None
 
-    def forward(self, x: Tensor, *, causal: bool = True, pos: Tensor | None = None,
-                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """x (B, N, D) -> (B, N, D); with ``return_weights`` also the weights (B, H, N, N)."""
-        if x.ndim != 3 or x.shape[-1] != self.D:
-            raise ValueError(f"x must have shape (B, N, D={self.D}), got {tuple(x.shape)}")
-        N = x.shape[1]
-        pos = torch.arange(N, device=x.device) if pos is None else pos
-        q, k, v = (split_heads(w(x), self.H) for w in (self.w_q, self.w_k, self.w_v))  # (B, H, N, d)
+    def forward(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor) -> tuple[Tensor, Tensor]:
+        """q (B, H, N, d), k (B, H, M, d), positions (N,), (M,) -> rotated q, k (same shapes)."""
         if self.mode == "nope":
-            heads, w = scaled_dot_product_attention(q, k, v, causal=causal)
-        elif self.mode == "rope":
-            heads, w = scaled_dot_product_attention(rope(q, pos, self.theta, self.pairing),
-                                                    rope(k, pos, self.theta, self.pairing), v, causal=causal)
-        else:
-            heads, w = adaptive_rotation_attention(q, k, v, pos, self.theta, self.delta, self.bias,
-                                                   causal=causal, pairing=self.pairing)
-        out = self.w_o(merge_heads(heads))  # (B, N, D)
-        return (out, w) if return_weights else out
+            return q, k
+        if self.mode == "rope":
+            return rope(q, pos_q, self.theta, self.pairing), rope(k, pos_k, self.theta, self.pairing)
+        # queries to δ φ^q + m θ + b, keys to δ φ^k + n θ (the bias on the query only)
+        q_rot = euler_rotate(q, pos_q, self.theta, self.delta, self.bias, pairing=self.pairing)
+        k_rot = euler_rotate(k, pos_k, self.theta, self.delta, 0.0, pairing=self.pairing)
+        return q_rot, k_rot
 
 
-class RotaryTransformer(nn.Module):
-    r"""A tiny causal transformer: token embedding, pre-norm blocks of attention + MLP, readout.
+def rotary_attention(D: int, H: int, mode: str = "rope", base: float = 10000.0, pairing: str = "interleaved",
+                     angle_scale: float = 1.0) -> MultiHeadAttention:
+    r"""Multi-head attention whose queries and keys pass through :class:`RotaryTransform`.
+
+    The rotation is the layer's ``qk_transform``; everything else is chapter 00's layer.
+    Its parameters are ``layer.qk_transform.delta`` and ``layer.qk_transform.bias``.
+    """
+    D, H = require_int(D, "D", minimum=1), require_int(H, "H", minimum=1)
+    if D % H or (D // H) % 2:
+        raise ValueError(f"D={D} must split into H={H} heads of even width d = D / H")
+    return MultiHeadAttention(D, H, qk_transform=RotaryTransform(D // H, H, mode, base, pairing, angle_scale))
+
+
+def rotary_transformer(vocab: int, n_out: int, D: int = 32, H: int = 4, layers: int = 1, mode: str = "rope",
+                       base: float = 10000.0, angle_scale: float = 1.0) -> TinyTransformer:
+    r"""The book's causal :class:`~attnbook.models.TinyTransformer` with rotary attention.
 
     No absolute position embedding: the attention's rotation scheme (``mode``) is the only
     source of position information.
     """
-
-    def __init__(self, vocab: int, n_out: int, D: int = 32, H: int = 4, layers: int = 1, mode: str = "rope",
-                 base: float = 10000.0, angle_scale: float = 1.0):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, D)
-        self.blocks = nn.ModuleList()
-        for _ in range(layers):
-            self.blocks.append(nn.ModuleDict({
-                "norm1": nn.LayerNorm(D), "attn": AdaptiveRotaryAttention(D, H, mode, base, angle_scale=angle_scale),
-                "norm2": nn.LayerNorm(D), "mlp": nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D)),
-            }))
-        self.norm = nn.LayerNorm(D)
-        self.readout = nn.Linear(D, n_out)
-
-    def forward(self, tokens: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """tokens (B, N) int64 -> logits (B, N, n_out); optionally each layer's weights (B, H, N, N)."""
-        x = self.embed(tokens)  # (B, N, D)
-        weights = []
-        for block in self.blocks:
-            a, w = block["attn"](block["norm1"](x), causal=True, return_weights=True)
-            x = x + a
-            x = x + block["mlp"](block["norm2"](x))
-            weights.append(w)
-        logits = self.readout(self.norm(x))  # (B, N, n_out)
-        return (logits, weights) if return_weights else logits
+    config = ModelConfig(D=D, H=H, layers=layers, vocab=vocab, n_out=n_out, causal=True)
+    return TinyTransformer(config, attn=lambda cfg: rotary_attention(cfg.D, cfg.H, mode, base, angle_scale=angle_scale))
