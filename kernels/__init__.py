@@ -4,10 +4,17 @@ Install the ``kernels`` extra (``pip install 'attnbook[kernels]'``) for Triton. 
 set ``TRITON_INTERPRET=1`` before importing triton (and this package) to run the kernels in
 Triton's CPU interpreter.
 
-- :func:`flash_attention` (``kernels/flash_attention.py``): fused softmax attention, forward and
-  backward (FlashAttention-2 style), ``(B, H, N, d)`` tensors, causal or not; the plain PyTorch
-  specification is :func:`attention_reference`. Benchmark: ``python -m attnbook.kernels.bench``.
+- :func:`flash_attention` (chapter 29, module ``attnbook.kernels.fused_attention``, backward in
+  ``fused_attention_backward``): fused softmax attention, forward and backward (FlashAttention-2
+  style), ``(B, H, N, d)`` tensors, causal or not; its plain PyTorch specification is
+  :func:`attention_reference`. Benchmark: ``python -m attnbook.kernels.bench``.
+- ``attnbook.kernels.launch``: the launch layer every kernel shares (tile tables, autotuning,
+  load path, dtype policy, input checks).
+
+``attnbook.kernels.flash_attention`` is the function; reach a module by its own name, e.g.
+``import attnbook.kernels.fused_attention as fa``.
 """
+
 try:
     import triton  # noqa: F401
 except ImportError as err:  # pragma: no cover - depends on the environment
@@ -16,8 +23,6 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "(on a machine without a GPU, set TRITON_INTERPRET=1 to run kernels on the CPU)."
     ) from err
 
-# Note: the function `flash_attention` shadows the submodule of the same name as an attribute of
-# this package; reach the module itself with importlib.import_module("attnbook.kernels.flash_attention").
-from .flash_attention import attention_reference, flash_attention  # noqa: E402
+from .fused_attention import attention_reference, flash_attention  # noqa: E402
 
 __all__ = ["flash_attention", "attention_reference"]

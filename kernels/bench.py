@@ -10,56 +10,66 @@ efficient = memory-efficient xFormers kernel), and FlexAttention compiled with t
 forward+backward with triton.testing.do_bench (median; warm-up first; do_bench also clears the
 L2 cache before every call, and one input tensor, 64 MB, is larger than the H200's 60 MB L2).
 
-TFLOP/s counts the matmul work of attention: 4·B·H·N²·d forward (QKᵀ and PV, 2 flops per
-multiply-add), half of that when causal, and 3.5 times it for forward+backward (the backward's
-five N²·d matmuls are 2.5 times the forward's two). Before timing, each shape checks our output
-and gradients against the flash backend (relative error, reported as `err`).
+TFLOP/s counts the matmul work of attention (:func:`attnbook.mechanisms.fused_attention_kernel.
+attention_flops` times B·H): 4·B·H·N²·d forward (QKᵀ and PV, 2 flops per multiply-add), half of
+that when causal, and 3.5 times it for forward+backward (the backward's five N²·d matmuls are 2.5
+times the forward's two). Before timing, each shape checks our output and gradients against the
+flash backend (relative error, reported as `err`). Our kernel is autotuned (ATTNBOOK_AUTOTUNE=1,
+``--autotune off`` runs the first tile config of each list, as the tests do); the configs the
+autotuner chose are logged.
 """
+
 from __future__ import annotations
 
 import argparse
 import csv
-import importlib
-import math
 import os
+import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
+from attnbook.mechanisms.fused_attention_kernel import attention_flops
+
 PEERS_SDPA = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
 IMPLS = ["ours", "cudnn", "flash", "efficient", "flex"]
 
 
-def attention_flops(B: int, H: int, N: int, d: int, causal: bool, mode: str) -> float:
-    """4·B·H·N²·d for the forward (×0.5 causal), ×3.5 for forward+backward."""
-    flops = 4.0 * B * H * N * N * d * (0.5 if causal else 1.0)
-    return flops * (3.5 if mode == "fwd+bwd" else 1.0)
+def _sdpa(backend_name: str, causal: bool):
+    """F.scaled_dot_product_attention with one backend pinned."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, backend_name)
+
+    def sdpa(q, k, v):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return sdpa
 
 
 def make_impls(causal: bool, N: int, names: list[str], flex_compiled):
     """name -> callable(q, k, v) returning the (B, H, N, d) output, for the impls asked for."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from attnbook.kernels import flash_attention, launch
 
-    fa = importlib.import_module("attnbook.kernels.flash_attention")
     impls = {}
     if "ours" in names:
-        impls["ours"] = lambda q, k, v: fa.flash_attention(q, k, v, causal=causal)
+        impls["ours"] = lambda q, k, v: flash_attention(q, k, v, causal=causal)
     if "ours_ptr" in names:  # the forward with plain pointer loads instead of tensor descriptors
+
         def ours_ptr(q, k, v):
-            saved, fa.USE_TMA = fa.USE_TMA, False
+            saved, launch.USE_TMA = launch.USE_TMA, False
             try:
-                return fa.flash_attention(q, k, v, causal=causal)
+                return flash_attention(q, k, v, causal=causal)
             finally:
-                fa.USE_TMA = saved
+                launch.USE_TMA = saved
+
         impls["ours_ptr"] = ours_ptr
     for name, backend in PEERS_SDPA.items():
         if name in names:
-            def sdpa(q, k, v, backend=getattr(SDPBackend, backend)):
-                with sdpa_kernel(backend):
-                    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-            impls[name] = sdpa
+            impls[name] = _sdpa(backend, causal)
     if "flex" in names and flex_compiled is not None:
         from torch.nn.attention.flex_attention import create_block_mask
 
@@ -80,8 +90,9 @@ def bench_shape(d, N, causal, names, modes, flex_compiled, warmup, rep, log):
 
     B, H = max(1, 16384 // N), 2048 // d
     gen = torch.Generator(device="cuda").manual_seed(N + d + causal)
-    q, k, v, do = (torch.randn(B, H, N, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-                   for _ in range(4))
+    q, k, v, do = (
+        torch.randn(B, H, N, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4)
+    )
     for t in (q, k, v):
         t.requires_grad_()
     impls = make_impls(causal, N, names, flex_compiled)
@@ -101,18 +112,34 @@ def bench_shape(d, N, causal, names, modes, flex_compiled, warmup, rep, log):
             if mode == "fwd":
                 call = lambda fn=fn: fn(q, k, v)  # noqa: E731
             else:
+
                 def call(fn=fn):
                     fn(q, k, v).backward(do)
+
             t0 = time.time()
             try:
                 ms = do_bench(call, warmup=warmup, rep=rep, grad_to_none=[q, k, v], return_mode="median")
-                tflops = attention_flops(B, H, N, d, causal, mode) / (ms * 1e-3) / 1e12
+                # TFLOP/s = B·H · (flops of one head) / seconds
+                tflops = B * H * attention_flops(N, d, causal=causal, mode=mode) / (ms * 1e-3) / 1e12
             except Exception as e:  # noqa: BLE001 - an unsupported peer is n/a, not a crash
-                log(f"  {name} {mode}: n/a ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
+                first_line = str(e).splitlines()[0][:120] if str(e) else ""
+                log(f"  {name} {mode}: n/a ({type(e).__name__}: {first_line})")
                 ms = tflops = float("nan")
-            rows.append(dict(d=d, N=N, B=B, H=H, causal=causal, mode=mode, impl=name, ms=ms,
-                             tflops=tflops, err=err if name.startswith("ours") else float("nan"),
-                             seconds=time.time() - t0))
+            rows.append(
+                dict(
+                    d=d,
+                    N=N,
+                    B=B,
+                    H=H,
+                    causal=causal,
+                    mode=mode,
+                    impl=name,
+                    ms=ms,
+                    tflops=tflops,
+                    err=err if name.startswith("ours") else float("nan"),
+                    seconds=time.time() - t0,
+                )
+            )
     return rows
 
 
@@ -122,7 +149,9 @@ def write_csv(rows, path: str) -> None:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({**r, "ms": f"{r['ms']:.4f}", "tflops": f"{r['tflops']:.1f}", "err": f"{r['err']:.2e}"})
+            writer.writerow(
+                {**r, "ms": f"{r['ms']:.4f}", "tflops": f"{r['tflops']:.1f}", "err": f"{r['err']:.2e}"}
+            )
 
 
 def fmt(x: float, width: int = 6, digits: int = 1) -> str:
@@ -132,9 +161,11 @@ def fmt(x: float, width: int = 6, digits: int = 1) -> str:
 def table(rows, names) -> str:
     """One line per (d, N, causal, mode): TFLOP/s of each impl, best peer, ratios."""
     peers = [n for n in names if not n.startswith("ours")]
-    head = (f"{'d':>4} {'N':>6} {'B':>3} {'H':>3} {'causal':>6} {'mode':>8} | "
-            + " ".join(f"{n:>9}" for n in names)
-            + f" | {'best peer':>15} {'ours/best':>9} {'ours/sdpa':>9} {'ours/flash':>10} {'err':>8}")
+    head = (
+        f"{'d':>4} {'N':>6} {'B':>3} {'H':>3} {'causal':>6} {'mode':>8} | "
+        + " ".join(f"{n:>9}" for n in names)
+        + f" | {'best peer':>15} {'ours/best':>9} {'ours/sdpa':>9} {'ours/flash':>10} {'err':>8}"
+    )
     lines = [head, "-" * len(head)]
     keys = []
     for r in rows:
@@ -155,7 +186,8 @@ def table(rows, names) -> str:
             f"{key[0]:>4} {key[1]:>6} {any_r['B']:>3} {any_r['H']:>3} {str(key[2]):>6} {key[3]:>8} | "
             + " ".join(f"{fmt(tf[n], 9)}" for n in names)
             + f" | {fmt(best, 6)} {best_name:>8} {fmt(ours / best, 9, 2)} {fmt(ours / best_sdpa, 9, 2)}"
-            + f" {fmt(ours / tf.get('flash', float('nan')), 10, 2)} {err:8.1e}")
+            + f" {fmt(ours / tf.get('flash', float('nan')), 10, 2)} {err:8.1e}"
+        )
     return "\n".join(lines)
 
 
@@ -174,12 +206,21 @@ def plot(rows, names, path: str) -> None:
             ax = axes[i][j]
             for name in names:
                 for causal, style in ((False, "-"), (True, "--")):
-                    pts = sorted((r["N"], r["tflops"]) for r in rows if r["d"] == d and r["mode"] == mode
-                                 and r["impl"] == name and r["causal"] == causal and r["tflops"] == r["tflops"])
+                    pts = sorted(
+                        (r["N"], r["tflops"])
+                        for r in rows
+                        if (r["d"], r["mode"], r["impl"], r["causal"]) == (d, mode, name, causal)
+                        and r["tflops"] == r["tflops"]
+                    )
                     if pts:
-                        ax.plot(*zip(*pts), style, marker="o", color=colors.get(name, "k"),
-                                lw=2.5 if name == "ours" else 1.2,
-                                label=f"{name}{' causal' if causal else ''}")
+                        ax.plot(
+                            *zip(*pts),
+                            style,
+                            marker="o",
+                            color=colors.get(name, "k"),
+                            lw=2.5 if name == "ours" else 1.2,
+                            label=f"{name}{' causal' if causal else ''}",
+                        )
             ax.set_xscale("log", base=2)
             ax.set_title(f"d={d}, {mode}, bf16, H·d=2048, B·N=16384")
             ax.set_xlabel("sequence length N")
@@ -202,18 +243,50 @@ def matmul_tflops() -> float:
     return 2 * 8192**3 / (ms * 1e-3) / 1e12
 
 
+def driver_version() -> str:
+    """The NVIDIA driver's version, as nvidia-smi reports it ("?" where it cannot)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
 def main(argv=None) -> int:
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=here, help="folder for bench.csv and bench.png (default kernels/results/)")
+    p.add_argument(
+        "--out",
+        default=here,
+        help="folder for bench.csv, bench_table.txt and bench.png (default kernels/results/)",
+    )
     p.add_argument("--quick", action="store_true", help="a subset: d in {64, 128}, N in {4096, 16384}")
     p.add_argument("--d", type=int, nargs="+", default=[64, 128])
     p.add_argument("--n", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     p.add_argument("--causal", choices=["both", "true", "false"], default="both")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     p.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS + ["ours_ptr"])
-    p.add_argument("--compare-loads", action="store_true", help="also time our forward with pointer loads (ours_ptr)")
-    p.add_argument("--flex-n", type=int, nargs="*", default=None, help="time FlexAttention only at these N (compiles per shape)")
+    p.add_argument(
+        "--compare-loads", action="store_true", help="also time our forward with pointer loads (ours_ptr)"
+    )
+    p.add_argument(
+        "--flex-n",
+        type=int,
+        nargs="*",
+        default=None,
+        help="time FlexAttention only at these N (compiles per shape)",
+    )
+    p.add_argument(
+        "--autotune",
+        choices=["on", "off"],
+        default="on",
+        help="time every tile config per shape (on) or run the first of each list (off)",
+    )
     p.add_argument("--warmup", type=float, default=50, help="do_bench warm-up, ms")
     p.add_argument("--rep", type=float, default=300, help="do_bench measuring time, ms")
     p.add_argument("--no-plot", action="store_true")
@@ -224,6 +297,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.n = [4096, 16384] if args.n == p.get_default("n") else args.n
         args.warmup, args.rep = min(args.warmup, 25), min(args.rep, 150)
+    # read by attnbook.kernels.launch at every launch
+    os.environ["ATTNBOOK_AUTOTUNE"] = "1" if args.autotune == "on" else "0"
     names = list(dict.fromkeys(args.impls + (["ours_ptr"] if args.compare_loads else [])))
     causals = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
     os.makedirs(args.out, exist_ok=True)
@@ -235,8 +310,12 @@ def main(argv=None) -> int:
 
     import triton
 
-    log(f"torch {torch.__version__}, triton {triton.__version__}, cuDNN {torch.backends.cudnn.version()}, "
-        f"{torch.cuda.get_device_name()}")
+    from attnbook.kernels import launch
+
+    log(
+        f"torch {torch.__version__}, triton {triton.__version__}, cuDNN {torch.backends.cudnn.version()}, "
+        f"{torch.cuda.get_device_name()}, driver {driver_version()}, autotune {args.autotune}"
+    )
     log(f"bf16 8192^3 matmul: {matmul_tflops():.1f} TFLOP/s")
     flex_compiled = None
     if "flex" in names:
@@ -244,8 +323,12 @@ def main(argv=None) -> int:
             from torch import _dynamo
             from torch.nn.attention.flex_attention import flex_attention
 
-            for knob in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                         "accumulated_cache_size_limit"):
+            for knob in (
+                "recompile_limit",
+                "cache_size_limit",
+                "accumulated_recompile_limit",
+                "accumulated_cache_size_limit",
+            ):
                 if hasattr(_dynamo.config, knob):
                     setattr(_dynamo.config, knob, 512)
             flex_compiled = torch.compile(flex_attention, dynamic=False)
@@ -258,20 +341,23 @@ def main(argv=None) -> int:
             for causal in causals:
                 shape_names = [n for n in names if n != "flex" or args.flex_n is None or N in args.flex_n]
                 t0 = time.time()
-                new = bench_shape(d, N, causal, shape_names, args.modes, flex_compiled, args.warmup, args.rep, log)
+                new = bench_shape(
+                    d, N, causal, shape_names, args.modes, flex_compiled, args.warmup, args.rep, log
+                )
                 rows += new
-                summary = ", ".join(f"{r['impl']} {r['mode']} {fmt(r['tflops'])} ({r['seconds']:.0f}s)" for r in new)
+                summary = ", ".join(
+                    f"{r['impl']} {r['mode']} {fmt(r['tflops'])} ({r['seconds']:.0f}s)" for r in new
+                )
                 log(f"d={d} N={N} causal={causal}: {summary} [{time.time() - t0:.0f}s]")
-                write_csv(rows, os.path.join(args.out, "bench.csv"))  # after every shape: a cut-off run keeps its rows
+                # after every shape: a cut-off run keeps its rows
+                write_csv(rows, os.path.join(args.out, "bench.csv"))
     log(f"total {time.time() - t_start:.0f}s")
     # the tile configs the autotuner chose, per kernel and tuning key
-    fa = importlib.import_module("attnbook.kernels.flash_attention")
-    for (kernel, _), tuner in fa._TUNED.items():
-        for key, config in tuner.cache.items():
-            log(f"config {kernel.fn.__name__} {key}: {config}")
+    for kernel, key, config in launch.tuned_configs():
+        log(f"config {kernel} {key}: {config}")
     log()
     log(table(rows, names))
-    with open(os.path.join(args.out, "table.txt"), "w") as f:
+    with open(os.path.join(args.out, "bench_table.txt"), "w") as f:
         f.write("\n".join(log_lines) + "\n")
     if not args.no_plot:
         plot(rows, names, os.path.join(args.out, "bench.png"))

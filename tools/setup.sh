@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q "torch==2.13.0" "triton==3.7.1"
 .venv/bin/python -m pip install -q -e ".[kernels,dev]"
 .venv/bin/jupyter-book build book -W -n --keep-going -q
 echo

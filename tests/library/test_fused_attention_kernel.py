@@ -1,4 +1,5 @@
-"""attnbook.mechanisms.fused_attention: the online softmax, tiles, backward and traffic counts."""
+"""attnbook.mechanisms.fused_attention_kernel: the online softmax, tiles, backward and traffic counts."""
+
 import math
 
 import pytest
@@ -7,7 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnbook.mechanisms.fused_attention import (
+from attnbook.masks import causal_mask
+from attnbook.mechanisms.fused_attention_kernel import (
     TILE_FULL,
     TILE_MASKED,
     TILE_SKIPPED,
@@ -25,7 +27,10 @@ f64 = dict(dtype=torch.float64)
 
 
 def _visible(N, M, causal):
-    """(N, M) True where query i (at position i + M - N) may see key j; all True without causal."""
+    """(N, M) True where query i (at position i + M - N) may see key j; all True without causal.
+
+    Built with torch's tril, independently of attnbook.masks.
+    """
     return torch.ones(N, M, dtype=torch.bool).tril(M - N) if causal else torch.ones(N, M, dtype=torch.bool)
 
 
@@ -37,18 +42,42 @@ def _reference(q, k, v, causal=False):
 
 
 @settings(max_examples=30, deadline=None)
-@given(N=st.integers(1, 20), M=st.integers(1, 20), d=st.integers(1, 8), dv=st.integers(1, 6),
-       bm=st.integers(1, 9), bn=st.integers(1, 9), causal=st.booleans(), seed=st.integers(0, 10_000))
+@given(
+    N=st.integers(1, 20),
+    M=st.integers(1, 20),
+    d=st.integers(1, 8),
+    dv=st.integers(1, 6),
+    bm=st.integers(1, 9),
+    bn=st.integers(1, 9),
+    causal=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
 def test_blocked_equals_softmax_attention(N, M, d, dv, bm, bn, causal, seed):
+    if causal:  # the queries are the last N of M positions: causal needs M >= N
+        N, M = min(N, M), max(N, M)
     g = torch.Generator().manual_seed(seed)
     q, k = torch.randn(2, 2, N, d, generator=g, **f64), torch.randn(2, 2, M, d, generator=g, **f64)
     v = torch.randn(2, 2, M, dv, generator=g, **f64)
     out, lse = blocked_attention(q, k, v, bm, bn, causal=causal)
     ref_out, ref_lse = _reference(q, k, v, causal)
     torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-10)
-    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse))  # queries that see nothing (causal, M < N)
-    finite = torch.isfinite(ref_lse)
-    torch.testing.assert_close(lse[finite], ref_lse[finite], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("fn", ["blocked_attention", "attention_backward", "causal_tile_schedule"])
+def test_causal_with_more_queries_than_keys_raises_like_causal_mask(fn):
+    """N > M under causal: the same ValueError as attnbook.masks.causal_mask, not zero rows."""
+    with pytest.raises(ValueError) as expected:
+        causal_mask(5, 3)
+    q, k = torch.randn(1, 1, 5, 4), torch.randn(1, 1, 3, 4)
+    call = {
+        "blocked_attention": lambda: blocked_attention(q, k, k, 2, 2, causal=True),
+        "attention_backward": lambda: attention_backward(q, k, k, q, q, torch.zeros(1, 1, 5), causal=True),
+        "causal_tile_schedule": lambda: causal_tile_schedule(5, 3, 2, 2),
+    }[fn]
+    with pytest.raises(ValueError) as got:
+        call()
+    assert str(got.value) == str(expected.value)
 
 
 def test_online_update_one_block_at_a_time_is_softmax():
@@ -56,21 +85,30 @@ def test_online_update_one_block_at_a_time_is_softmax():
     s, v = torch.randn(3, 10, generator=g, **f64) * 5, torch.randn(10, 4, generator=g, **f64)
     m, l, acc = torch.full((3,), float("-inf"), **f64), torch.zeros(3, **f64), torch.zeros(3, 4, **f64)
     for j in range(0, 10, 3):
-        m, l, acc = online_softmax_update(m, l, acc, s[:, j:j + 3], v[j:j + 3])
+        m, l, acc = online_softmax_update(m, l, acc, s[:, j : j + 3], v[j : j + 3])
     torch.testing.assert_close(acc / l[:, None], torch.softmax(s, -1) @ v)
     torch.testing.assert_close(m + l.log(), torch.logsumexp(s, -1))
 
 
 def test_online_update_does_not_overflow_and_handles_hidden_rows():
     s = torch.tensor([[1000.0, 999.0], [float("-inf"), float("-inf")]])
-    m, l, acc = online_softmax_update(torch.full((2,), float("-inf")), torch.zeros(2), torch.zeros(2, 1), s, torch.ones(2, 1))
+    m, l, acc = online_softmax_update(
+        torch.full((2,), float("-inf")), torch.zeros(2), torch.zeros(2, 1), s, torch.ones(2, 1)
+    )
     assert torch.isfinite(l).all() and torch.isfinite(acc).all()
     assert l[1] == 0 and acc[1, 0] == 0 and torch.isneginf(m[1])
     assert abs(l[0].item() - (1 + math.exp(-1))) < 1e-6
 
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("N,M,bm,bn", [(7, 7, 3, 2), (5, 11, 4, 4), (1, 6, 2, 3), (9, 9, 16, 16)])
+@pytest.mark.parametrize(
+    "N,M,bm,bn,causal",
+    [
+        (N, M, bm, bn, causal)
+        for causal in (False, True)
+        for N, M, bm, bn in [(7, 7, 3, 2), (5, 11, 4, 4), (1, 6, 2, 3), (9, 9, 16, 16)]
+    ]
+    + [(12, 5, 4, 2, False)],
+)
 def test_backward_matches_autograd_full_and_blocked(N, M, bm, bn, causal):
     g = torch.Generator().manual_seed(N * M)
     q, k, v = (torch.randn(2, 3, n, 5, generator=g, **f64) for n in (N, M, M))
@@ -91,7 +129,7 @@ def test_tile_schedule_matches_the_mask():
     mask = _visible(N, M, True)
     for ti, i0 in enumerate(range(0, N, bm)):
         for tj, j0 in enumerate(range(0, M, bn)):
-            tile = mask[i0:i0 + bm, j0:j0 + bn]
+            tile = mask[i0 : i0 + bm, j0 : j0 + bn]
             expected = TILE_SKIPPED if not tile.any() else TILE_FULL if tile.all() else TILE_MASKED
             assert sched[ti, tj] == expected, (ti, tj)
     assert (causal_tile_schedule(N, M, bm, bn, causal=False) == TILE_FULL).all()
@@ -107,7 +145,9 @@ def test_counted_traffic_equals_the_formula(N, M, d, bm, bn, causal):
     q, k, v = torch.randn(1, 1, N, d), torch.randn(1, 1, M, d), torch.randn(1, 1, M, d)
     fwd, bwd = {}, {}
     out, lse = blocked_attention(q, k, v, bm, bn, causal=causal, traffic=fwd)
-    attention_backward(q, k, v, out, torch.randn_like(out), lse, causal=causal, block_m=bm, block_n=bn, traffic=bwd)
+    attention_backward(
+        q, k, v, out, torch.randn_like(out), lse, causal=causal, block_m=bm, block_n=bn, traffic=bwd
+    )
     formula = fused_attention_traffic(N, d, M, block_m=bm, block_n=bn, causal=causal)
     assert Traffic(fwd["reads"], fwd["writes"]) == formula
     both = fused_attention_traffic(N, d, M, block_m=bm, block_n=bn, causal=causal, backward=True)
@@ -120,11 +160,16 @@ def test_traffic_anchors():
     assert naive == Traffic(reads=2 * N * N + 3 * N * d, writes=2 * N * N + N * d)
     assert naive_attention_traffic(N, d, backward=True).total - naive.total == 7 * N * N + 8 * N * d
     # with blocks as large as the sequence the fused kernel reads everything exactly once
-    assert fused_attention_traffic(N, d, block_m=N, block_n=N) == fused_attention_traffic(N, d, cache_reuse=True)
+    assert fused_attention_traffic(N, d, block_m=N, block_n=N) == fused_attention_traffic(
+        N, d, cache_reuse=True
+    )
     assert fused_attention_traffic(N, d, cache_reuse=True) == Traffic(reads=3 * N * d, writes=N * d + N)
     # quadratic vs linear: doubling N quadruples the naive traffic, doubles the compulsory one
     assert naive_attention_traffic(2 * N, d).total / naive.total > 3.9
-    assert fused_attention_traffic(2 * N, d, cache_reuse=True).total == 2 * fused_attention_traffic(N, d, cache_reuse=True).total
+    assert (
+        fused_attention_traffic(2 * N, d, cache_reuse=True).total
+        == 2 * fused_attention_traffic(N, d, cache_reuse=True).total
+    )
     # causal computes about half the tiles
     ratio = fused_attention_traffic(N, d, causal=True).reads / fused_attention_traffic(N, d).reads
     assert 0.45 < ratio < 0.6
@@ -133,16 +178,31 @@ def test_traffic_anchors():
 
 
 def test_bad_input_errors():
+    """attnbook.validate's messages and types: TypeError for a wrong kind or dtype, ValueError for a shape."""
     q = torch.randn(1, 1, 4, 8)
-    with pytest.raises(ValueError, match="q must be a \\(B, H, tokens, width\\)"):
+    with pytest.raises(ValueError, match="q must have shape \\(B, H, N, d\\)"):
         blocked_attention(q[0], q, q)
-    with pytest.raises(ValueError, match="expected q \\(B, H, N, d\\)"):
+    with pytest.raises(TypeError, match="k must be a torch.Tensor"):
+        blocked_attention(q, q.tolist(), q)
+    with pytest.raises(ValueError, match="q and k must share their last"):
         blocked_attention(q, torch.randn(1, 1, 4, 6), torch.randn(1, 1, 4, 6))
+    with pytest.raises(TypeError, match="must share one dtype"):
+        blocked_attention(q, q.double(), q)
+    with pytest.raises(TypeError, match="floating dtype"):
+        attention_backward(q.long(), q.long(), q.long(), q, q, torch.zeros(1, 1, 4))
+    with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+        blocked_attention(q, q, q, scale=-1.0)
+    with pytest.raises(TypeError, match="block_n must be an integer"):
+        blocked_attention(q, q, q, 2, 2.5)
     with pytest.raises(ValueError, match="v_block must be"):
-        online_softmax_update(torch.zeros(3), torch.zeros(3), torch.zeros(3, 2), torch.zeros(3, 4), torch.zeros(5, 2))
+        online_softmax_update(
+            torch.zeros(3), torch.zeros(3), torch.zeros(3, 2), torch.zeros(3, 4), torch.zeros(5, 2)
+        )
     with pytest.raises(ValueError, match="lse \\(B, H, N\\)"):
         attention_backward(q, q, q, q, q, torch.zeros(1, 1, 5))
-    with pytest.raises(ValueError, match="block_m must be a positive integer"):
+    with pytest.raises(ValueError, match="block_m must be >= 1"):
         fused_attention_traffic(16, 8, block_m=0)
+    with pytest.raises(TypeError, match="N must be an integer"):
+        naive_attention_traffic(3.5, 8)
     with pytest.raises(ValueError, match="mode must be one of"):
         attention_flops(16, 8, mode="both")
