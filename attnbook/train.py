@@ -71,7 +71,8 @@ def train(
         model.train()
 
     model.train()
-    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False)
+    # leave=True: the finished bar stays at 100 % (a notebook stores its final state)
+    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=True)
     for step in bar:
         loss = loss_fn(model, batch_fn(step, generator))
         if not torch.isfinite(loss):

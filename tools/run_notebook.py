@@ -58,6 +58,8 @@ def refresh_header(nb, path: Path, url: str) -> None:
             cell.source = badge_source(url, path)
         elif "install" in tags:
             cell.source = install_source(url)
+            # the website hides the set-up cell's code behind a toggle
+            cell.metadata["tags"] = sorted(set(tags) | {"hide-input"})
 
 
 def strip_volatile(nb) -> None:

@@ -46,6 +46,13 @@ def test_every_chapter_in_the_toc_is_built_with_a_colab_link(site):
         assert "colab.research.google.com/github/" in html, f"{page}: no Colab link"
         external = re.findall(r"<script[^>]+src=\"(https?://[^\"]+)", html)
         assert not external, f"{page}: loads scripts from the internet: {external}"
+        images = re.findall(r"<img[^>]+src=\"(https?://[^\"]+)", html)
+        assert not images, f"{page}: loads images from the internet: {images}"
+        badge = re.search(r"<img[^>]+src=\"([^\"]*colab-badge\.svg)\"", html)
+        assert badge and ((site / page).parent / badge.group(1)).is_file(), f"{page}: no local badge"
+        # the set-up cell's code is behind a toggle (tag hide-input), not shown open
+        setup_cell = html.index("Set-up: installs attnbook")
+        assert "hide-input" in html[max(0, setup_cell - 3000):setup_cell], f"{page}: the set-up cell is not hidden"
 
 
 def _browser() -> str | None:
