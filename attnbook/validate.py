@@ -153,13 +153,16 @@ def check_mask(mask: object, scores_shape: Sequence[int], name: str = "mask") ->
     return mask
 
 
-def check_scale(scale: object, name: str = "scale") -> float:
-    """A score scale is a finite real number > 0 (a negative one would invert the attention)."""
+def check_scale(scale: object, name: str = "scale", *, allow_zero: bool = False) -> float:
+    """A score scale is a finite real number > 0 (a negative one would invert the attention).
+
+    ``allow_zero`` also accepts 0 (a regularisation strength, say).
+    """
     if isinstance(scale, Tensor) and scale.numel() == 1:
         scale = scale.item()
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(scale).__name__}")
     scale = float(scale)
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {scale}")
+    if not math.isfinite(scale) or scale < 0 or (scale == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {scale}")
     return scale

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..validate import require_int
+
 __all__ = ["RecallBatch", "associative_recall"]
 
 
@@ -31,6 +33,8 @@ def associative_recall(
     Keys within one sequence are distinct (sampled without replacement), values are i.i.d.
     uniform, and the query is one of the sequence's keys chosen uniformly.
     """
+    batch_size, n_pairs = require_int(batch_size, "batch_size"), require_int(n_pairs, "n_pairs")
+    n_keys, n_values = require_int(n_keys, "n_keys"), require_int(n_values, "n_values")
     if n_pairs > n_keys:
         raise ValueError(f"n_pairs={n_pairs} distinct keys need n_keys >= n_pairs, got n_keys={n_keys}")
     if min(batch_size, n_pairs, n_values) < 1:

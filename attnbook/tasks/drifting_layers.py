@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..validate import require_int
+
 __all__ = ["DriftBatch", "drifting_layers", "patterns"]
 
 BACKGROUND, INFORMATIVE, LOUD = 0, 1, 2
@@ -40,6 +42,7 @@ class DriftBatch:
 
 def patterns(C: int) -> tuple[Tensor, Tensor]:
     """Two fixed ±1 patterns (C,): balanced (each sums to 0) and orthogonal. Needs C % 4 == 0."""
+    C = require_int(C, "C")
     if C < 4 or C % 4:
         raise ValueError(f"the number of features C must be a positive multiple of 4, got {C}")
     q = C // 4
@@ -67,6 +70,9 @@ def drifting_layers(
     ``offset=0, gain=1`` switches the drift off. ``signal`` is ε, the size of the class
     pattern on the informative layers.
     """
+    batch_size, n_layers = require_int(batch_size, "batch_size"), require_int(n_layers, "n_layers")
+    n_features, n_blocks = require_int(n_features, "n_features"), require_int(n_blocks, "n_blocks")
+    informative_slots = tuple(require_int(s, "informative_slots[i]") for s in informative_slots)
     if batch_size < 1 or n_blocks < 1 or n_layers % n_blocks:
         raise ValueError(f"need batch_size >= 1 and n_layers={n_layers} divisible by n_blocks={n_blocks}")
     size = n_layers // n_blocks

@@ -20,6 +20,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..validate import require_int
+
 __all__ = ["RegressionPrompts", "linear_regression_prompts"]
 
 
@@ -57,10 +59,13 @@ def linear_regression_prompts(
     Returns:
         :class:`RegressionPrompts` with Z (B, L, d+1), zq (B, d+1), yq (B,), beta (B, d).
     """
+    batch_size, L, d = require_int(batch_size, "batch_size"), require_int(L, "L"), require_int(d, "d")
     if batch_size < 1 or L < 1 or d < 1:
         raise ValueError(f"batch_size, L and d must be >= 1, got batch_size={batch_size}, L={L}, d={d}")
     if sigma2 < 0:
         raise ValueError(f"sigma2 is a variance and must be >= 0, got {sigma2}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch dtype (e.g. torch.float32), got {dtype}")
     B = batch_size
     # β ~ N(0, I_d / d)
     beta = torch.randn(B, d, generator=generator, dtype=dtype) / d**0.5  # (B, d)
@@ -71,5 +76,5 @@ def linear_regression_prompts(
     y = torch.einsum("bld,bd->bl", x, beta) + y_shift + noise  # (B, L+1)
     Z = torch.cat([x[:, :L], y[:, :L, None]], dim=-1)  # (B, L, D)
     # z_q = [x_q; 0]: the label slot of the query is empty
-    zq = torch.cat([x[:, L], torch.zeros(B, 1, dtype=dtype)], dim=-1)  # (B, D)
+    zq = torch.cat([x[:, L], torch.zeros(B, 1, dtype=dtype, device=x.device)], dim=-1)  # (B, D)
     return RegressionPrompts(Z, zq, y[:, L], beta)

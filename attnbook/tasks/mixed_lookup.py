@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..validate import require_int
+
 __all__ = ["IGNORE", "MixedLookupBatch", "mixed_lookup"]
 
 IGNORE = -100
@@ -35,8 +37,12 @@ class MixedLookupBatch:
 def mixed_lookup(batch_size: int, N: int, n_symbols: int, offset: int = 3,
                  generator: torch.Generator | None = None) -> MixedLookupBatch:
     """Draw a batch of mixed positional/content lookups (see the module docstring)."""
+    batch_size, N = require_int(batch_size, "batch_size"), require_int(N, "N")
+    n_symbols, offset = require_int(n_symbols, "n_symbols"), require_int(offset, "offset")
     if min(batch_size, n_symbols) < 1 or N < 2:
-        raise ValueError(f"need batch_size >= 1, n_symbols >= 1 and N >= 2, got {batch_size}, {n_symbols}, {N}")
+        raise ValueError(
+            f"need batch_size >= 1, n_symbols >= 1 and N >= 2, got {batch_size}, {n_symbols}, {N}"
+        )
     if not 1 <= offset < N:
         raise ValueError(f"offset must lie in [1, N={N}), got {offset}")
     B, S = batch_size, n_symbols

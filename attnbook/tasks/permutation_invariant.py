@@ -26,6 +26,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..validate import require_int, require_same_dtype_device, require_tensor
+
 __all__ = ["TARGETS", "SetRegression", "sphere", "relu_mean", "target_function", "permutation_invariant_task"]
 
 TARGETS = ("linear", "cubic", "aligned_relu", "key_relu")
@@ -39,14 +41,18 @@ class SetRegression(NamedTuple):
     y: Tensor  # (B,) targets
 
 
-def sphere(*shape: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
-    """Points uniform on the unit sphere of R^{shape[-1]}: normalised Gaussian vectors."""
+def sphere(
+    *shape: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """Points uniform on the unit sphere of R^{shape[-1]}: normalised Gaussian vectors, shape ``shape``."""
+    shape = tuple(require_int(n, "shape", minimum=1) for n in shape)
     z = torch.randn(*shape, generator=generator, dtype=dtype)
     return z / z.norm(dim=-1, keepdim=True)
 
 
 def relu_mean(d: int) -> float:
     r"""E ReLU(sqrt(d) <u, x>) for independent uniform unit vectors u, x in R^d."""
+    d = require_int(d, "d", minimum=1)
     abs_t = math.exp(math.lgamma(d / 2) - math.lgamma((d + 1) / 2)) / math.sqrt(math.pi)  # E|<u, x>|
     return math.sqrt(d) * abs_t / 2
 
@@ -56,6 +62,9 @@ def target_function(name: str, x0: Tensor, X: Tensor) -> Tensor:
 
     x0 (B, d), X (B, N, d) on the unit sphere; returns (B,).
     """
+    require_tensor(x0, "x0", floating=True, shape="(B, d)")
+    require_tensor(X, "X", floating=True, shape="(B, N, d)")
+    require_same_dtype_device(x0=x0, X=X)
     if x0.ndim != 2 or X.ndim != 3 or X.shape[0] != x0.shape[0] or X.shape[2] != x0.shape[1]:
         raise ValueError(f"x0 must be (B, d) and X (B, N, d), got {tuple(x0.shape)} and {tuple(X.shape)}")
     d = x0.shape[-1]
@@ -79,6 +88,7 @@ def permutation_invariant_task(batch_size: int, target: str = "linear", *, N: in
 
     Returns :class:`SetRegression` with x0 (B, d), X (B, N, d), y (B,).
     """
+    batch_size, N, d = require_int(batch_size, "batch_size"), require_int(N, "N"), require_int(d, "d")
     if batch_size < 1 or N < 1 or d < 2:
         raise ValueError(f"need batch_size >= 1, N >= 1, d >= 2; got {batch_size}, {N}, {d}")
     x0 = sphere(batch_size, d, generator=generator, dtype=dtype)  # (B, d)

@@ -29,6 +29,11 @@ from attnbook.tasks.permutation_invariant import (
     sphere,
     target_function,
 )
+from tests.library.device_check import (
+    assert_follow,
+    on_devices_and_dtypes,
+    tensors_without_device_go_to_meta,
+)
 
 f64 = dict(dtype=torch.float64)
 
@@ -65,7 +70,8 @@ def test_features_match_an_explicit_loop():
 def test_forward_is_linear_in_V_and_its_gradient_is_the_features():
     g, x0, X, W = _inputs(4, 6, 5, 3, seed=1)
     V1, V2 = torch.randn(3, 6, generator=g, **f64), torch.randn(3, 6, generator=g, **f64)
-    torch.testing.assert_close(rfa_forward(x0, X, W, V1 + V2), rfa_forward(x0, X, W, V1) + rfa_forward(x0, X, W, V2))
+    sum_of_parts = rfa_forward(x0, X, W, V1) + rfa_forward(x0, X, W, V2)
+    torch.testing.assert_close(rfa_forward(x0, X, W, V1 + V2), sum_of_parts)
     V = V1.clone().requires_grad_(True)
     rfa_forward(x0[:1], X[:1], W, V).sum().backward()
     torch.testing.assert_close(V.grad.reshape(-1), rfa_features(x0[:1], X[:1], W)[0])
@@ -230,9 +236,72 @@ def test_bad_inputs_raise_clear_errors():
         rfa_forward(x0, X, W, torch.zeros(3, 5, **f64))
     with pytest.raises(ValueError, match="U must have shape"):
         rf_mlp_features(x0, X, torch.zeros(7, 10, **f64))
-    with pytest.raises(ValueError, match="lam must be >= 0"):
+    with pytest.raises(ValueError, match="lam must be"):
         ridge_fit(torch.zeros(3, 2, **f64), torch.zeros(3, **f64), -1.0)
     with pytest.raises(ValueError, match="target must be one of"):
         target_function("quartic", x0, X)
     with pytest.raises(ValueError, match="act must be one of"):
         RandomFeatureAttention(4, 2, act="tanh")
+
+
+def test_bad_dtypes_sizes_and_shapes_get_attnbook_errors_not_torch_errors():
+    _, x0, X, W = _inputs(6, 3, 4, 2, seed=15)
+    Phi, y = rfa_features(x0, X, W), target_function("linear", x0, X)
+    # mixed dtypes (einsum or matmul would raise a bare RuntimeError)
+    with pytest.raises(TypeError, match="x0 and X must share one dtype"):
+        rfa_features(x0.float(), X, W)
+    with pytest.raises(TypeError, match="one dtype"):
+        rfa_features(x0, X, W.float())
+    with pytest.raises(TypeError, match="F and y must share one dtype"):
+        ridge_fit(Phi, y.float(), 0.1)
+    with pytest.raises(TypeError, match="one dtype"):
+        ridge_validated(Phi, y, Phi.float(), y.float())
+    with pytest.raises(TypeError, match="floating dtype"):
+        rfa_features(x0.long(), X.long(), W.long())
+    # 1-D features to ridge_validated (an unpacking error before)
+    with pytest.raises(ValueError, match=r"F_train must have shape \(n, P\)"):
+        ridge_validated(Phi[:, 0], y, Phi, y)
+    with pytest.raises(ValueError, match="y_train must have shape"):
+        ridge_validated(Phi, y[:4], Phi, y)
+    with pytest.raises(ValueError, match="do not match"):
+        ridge_validated(Phi, y, Phi[:, :3], y)
+    # a (n, 1) prediction against (n,) targets would broadcast to (n, n)
+    with pytest.raises(ValueError, match="pred and y must have one shape"):
+        normalized_mse(y[:, None], y)
+    # sizes must be integers: 2.5 heads is not a number of heads
+    with pytest.raises(TypeError, match="heads must be an integer"):
+        sample_qk(2.5, 3)
+    with pytest.raises(TypeError, match="N must be an integer"):
+        sample_mlp_weights(10, 3.0, 2)
+    with pytest.raises(TypeError, match="d must be an integer"):
+        RandomFeatureAttention(4.0, 2)
+    with pytest.raises(TypeError, match="heads must be an integer"):
+        empirical_kernel(Phi, Phi, 2.5)
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        permutation_invariant_task(10.5)
+    with pytest.raises(TypeError, match="lam must be a number"):
+        ridge_fit(Phi, y, "0.1")
+
+
+@on_devices_and_dtypes
+def test_created_tensors_follow_the_inputs_device_and_dtype(device, dtype):
+    """Every tensor a function creates lives on its inputs' device and dtype (so it runs on a GPU)."""
+    g, x0, X, W = _inputs(12, 4, 3, 5, seed=16)
+    x0, X, W = (t.to(device, dtype) for t in (x0, X, W))
+    U = sample_mlp_weights(7, 4, 3, generator=g).to(device, dtype)
+    gen = torch.Generator(device)
+    layer = RandomFeatureAttention(3, 5, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    with tensors_without_device_go_to_meta():
+        Phi = rfa_features(x0, X, W)
+        y = Phi[:, 0] + Phi[:, 1]
+        Y = torch.stack([y, Phi[:, 2]], 1)
+        results = [
+            Phi, rfa_forward(x0, X, W, W[:, 0]), rf_mlp_features(x0, X, U), augment(x0),
+            ridge_fit(Phi, y, 0.1), ridge_fit(Phi[:5], y[:5], 0.1), ridge_fit(Phi, Y, 0.0),
+            *ridge_validated(Phi[:8], Y[:8], Phi[8:], Y[8:]),
+            *ridge_validated(Phi[:8], y[:8], Phi[8:], y[8:]),
+            empirical_kernel(Phi, Phi, 5), layer.fit(x0, X, y, 1e-3)(x0, X),
+        ]
+        samples = [sample_qk(3, 4, generator=gen, dtype=dtype),
+                   sample_mlp_weights(5, 2, 3, generator=gen, dtype=dtype)]
+    assert_follow(results + samples, x0.device, dtype)

@@ -40,6 +40,11 @@ For small ω, softmax_ℓ(ω s) = (1/L)(1 + ω(s_ℓ - s̄)) + O(ω²) with s̄ 
 Zero-sum removes the ȳ term and leaves the debiased GD predictor with step η = Σ_h μ_h ω_h
 (= 2ωμ for a pair (ω, μ), (-ω, -μ)). For such a pair the even powers of ω cancel between the
 heads, so (2) matches debiased GD up to a relative O(ω²). One head cannot cancel μ ȳ.
+
+This module stands alone instead of plugging into :class:`attnbook.attention.MultiHeadAttention`:
+the paper's model has full-width heads (d_head = D, so H·D ≠ D), a scalar readout and one query
+that does not see itself, and it is trained and read in the merged (A_h, u_h) parametrisation;
+the tests check it against masked multi-head attention of the core.
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from ..validate import check_scale, require_int, require_same_dtype_device, require_tensor
 
 __all__ = [
     "icl_attention",
@@ -66,8 +73,10 @@ __all__ = [
 
 
 def _check_prompts(Z: Tensor, zq: Tensor) -> tuple[int, int, int]:
-    if Z.ndim != 3:
-        raise ValueError(f"Z must have shape (B, L, D) (context tokens [x; y]), got {tuple(Z.shape)}")
+    """Z (B, L, D) and zq (B, D), floating, one dtype and device: returns B, L, D."""
+    require_tensor(Z, "Z", ndim=3, floating=True, shape="(B, L, D) (context tokens [x; y])")
+    require_tensor(zq, "zq", ndim=2, floating=True, shape="(B, D) (query tokens [x_q; 0])")
+    require_same_dtype_device(Z=Z, zq=zq)
     B, L, D = Z.shape
     if D < 2:
         raise ValueError(f"tokens need width D = d + 1 >= 2, got Z of shape {tuple(Z.shape)}")
@@ -76,13 +85,31 @@ def _check_prompts(Z: Tensor, zq: Tensor) -> tuple[int, int, int]:
     return B, L, D
 
 
-def _check_weights(A: Tensor, u: Tensor, D: int) -> int:
-    if A.ndim != 3 or A.shape[1:] != (D, D):
-        raise ValueError(f"A must have shape (H, D={D}, D={D}) (one key-query matrix per head), got {tuple(A.shape)}")
+def _check_weights(A: Tensor, u: Tensor, D: int | None = None, **prompts: Tensor) -> int:
+    """A (H, D, D) and u (H, D), one dtype and device with each other and ``prompts``: returns H."""
+    require_tensor(A, "A", ndim=3, floating=True, shape="(H, D, D) (one key-query matrix per head)")
+    require_tensor(u, "u", ndim=2, floating=True, shape="(H, D) (one output-value vector per head)")
+    require_same_dtype_device(**prompts, A=A, u=u)
+    D = A.shape[-1] if D is None else D
+    if A.shape[1:] != (D, D):
+        raise ValueError(
+            f"A must have shape (H, D={D}, D={D}) (one key-query matrix per head), got {tuple(A.shape)}"
+        )
     H = A.shape[0]
     if u.shape != (H, D):
-        raise ValueError(f"u must have shape (H={H}, D={D}) (one output-value vector per head), got {tuple(u.shape)}")
+        raise ValueError(
+            f"u must have shape (H={H}, D={D}) (one output-value vector per head), got {tuple(u.shape)}"
+        )
     return H
+
+
+def _per_head(omega: object, mu: object, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    """omega and mu as tensors of one shape (H,) (in ``dtype`` if given); tensors keep their device."""
+    omega, mu = (t.to(dtype or t.dtype) if isinstance(t, Tensor) else torch.as_tensor(t, dtype=dtype)
+                 for t in (omega, mu))
+    if omega.ndim != 1 or mu.shape != omega.shape:
+        raise ValueError(f"omega and mu must both be (H,), got {tuple(omega.shape)} and {tuple(mu.shape)}")
+    return omega, mu
 
 
 def icl_attention(Z: Tensor, zq: Tensor, A: Tensor, u: Tensor, *, return_weights: bool = False):
@@ -99,7 +126,7 @@ def icl_attention(Z: Tensor, zq: Tensor, A: Tensor, u: Tensor, *, return_weights
         ŷ (B,) [, weights (B, H, L)].
     """
     B, L, D = _check_prompts(Z, zq)
-    _check_weights(A, u, D)
+    _check_weights(A, u, D, Z=Z)
     # s_{hℓ} = z_ℓ^T A_h z_q / sqrt(D); applying A_h to the query first costs O(D²) per head
     Aq = torch.einsum("hde,be->bhd", A, zq)  # (B, H, D)
     scores = torch.einsum("bld,bhd->bhl", Z, Aq) / math.sqrt(D)  # (B, H, L)
@@ -112,7 +139,9 @@ def icl_attention(Z: Tensor, zq: Tensor, A: Tensor, u: Tensor, *, return_weights
     return (y_hat, weights) if return_weights else y_hat
 
 
-def linear_icl_attention(Z: Tensor, zq: Tensor, A: Tensor, u: Tensor, *, length: float | None = None) -> Tensor:
+def linear_icl_attention(
+    Z: Tensor, zq: Tensor, A: Tensor, u: Tensor, *, length: float | None = None
+) -> Tensor:
     r"""The linear-attention baseline: (1) with the softmax replaced by a fixed 1/length.
 
     ŷ = (1 / length) Σ_h Σ_ℓ (z_ℓ^T A_h z_q / sqrt(D)) · u_h^T z_ℓ
@@ -122,8 +151,8 @@ def linear_icl_attention(Z: Tensor, zq: Tensor, A: Tensor, u: Tensor, *, length:
     Shapes as in :func:`icl_attention`; returns (B,).
     """
     B, L, D = _check_prompts(Z, zq)
-    _check_weights(A, u, D)
-    length = L if length is None else length
+    _check_weights(A, u, D, Z=Z)
+    length = L if length is None else check_scale(length, "length")  # the fixed normaliser, > 0
     Aq = torch.einsum("hde,be->bhd", A, zq)  # (B, H, D)
     scores = torch.einsum("bld,bhd->bhl", Z, Aq) / math.sqrt(D)  # (B, H, L)
     values = torch.einsum("hd,bld->bhl", u, Z)  # (B, H, L)
@@ -139,11 +168,16 @@ def merge_projections(w_q: Tensor, w_k: Tensor, w_v: Tensor, w_o: Tensor) -> tup
     Returns:
         A (H, D, D), u (H, D).
     """
+    for name, t in (("w_q", w_q), ("w_k", w_k), ("w_v", w_v), ("w_o", w_o)):
+        require_tensor(t, name, floating=True)
+    require_same_dtype_device(w_q=w_q, w_k=w_k, w_v=w_v, w_o=w_o)
     if w_q.ndim != 3 or w_k.shape != w_q.shape or w_v.shape != w_q.shape:
         raise ValueError(f"w_q, w_k, w_v must share one shape (H, D, d_head); got {tuple(w_q.shape)}, "
                          f"{tuple(w_k.shape)}, {tuple(w_v.shape)}")
     if w_o.shape != (w_q.shape[0], w_q.shape[2]):
-        raise ValueError(f"w_o must have shape (H, d_head) = {(w_q.shape[0], w_q.shape[2])}, got {tuple(w_o.shape)}")
+        raise ValueError(
+            f"w_o must have shape (H, d_head) = {(w_q.shape[0], w_q.shape[2])}, got {tuple(w_o.shape)}"
+        )
     A = w_k @ w_q.transpose(-1, -2)  # (H, D, D)
     u = torch.einsum("hde,he->hd", w_v, w_o)  # (H, D)
     return A, u
@@ -159,14 +193,16 @@ def constructed_weights(omega: Tensor, mu: Tensor, D: int) -> tuple[Tensor, Tens
     Returns:
         A (H, D, D), u (H, D) in omega's dtype, such that :func:`icl_attention` computes (2).
     """
-    omega, mu = torch.as_tensor(omega), torch.as_tensor(mu)
-    if omega.ndim != 1 or mu.shape != omega.shape:
-        raise ValueError(f"omega and mu must both have shape (H,), got {tuple(omega.shape)} and {tuple(mu.shape)}")
-    x_block = torch.eye(D, dtype=omega.dtype)
-    x_block[-1, -1] = 0
+    omega, mu = _per_head(omega, mu)
+    require_tensor(omega, "omega", floating=True, shape="(H,)")
+    mu = mu.to(omega.dtype)
+    require_same_dtype_device(omega=omega, mu=mu)
+    D = require_int(D, "D", minimum=2)
+    x_block = torch.eye(D, dtype=omega.dtype, device=omega.device)
+    x_block[-1, -1] = 0  # diag(I_d, 0)
     A = math.sqrt(D) * omega[:, None, None] * x_block  # (H, D, D)
-    u = torch.zeros(len(mu), D, dtype=omega.dtype)
-    u[:, -1] = mu.to(omega.dtype)  # (H, D)
+    u = torch.zeros(len(mu), D, dtype=omega.dtype, device=omega.device)
+    u[:, -1] = mu  # (H, D)
     return A, u
 
 
@@ -187,23 +223,22 @@ def extract_omega_mu(A: Tensor, u: Tensor) -> tuple[Tensor, Tensor, float]:
     Returns:
         omega (H,), mu (H,), ratio (a float; small when KQ is diagonal).
     """
-    if A.ndim != 3:
-        raise ValueError(f"A must have shape (H, D, D), got {tuple(A.shape)}")
-    _check_weights(A, u, A.shape[-1])
+    _check_weights(A, u)
     D = A.shape[-1]
     d = D - 1
     diag = torch.diagonal(A, dim1=-2, dim2=-1)[:, :d]  # (H, d)
     omega = diag.mean(dim=-1) / math.sqrt(D)  # (H,)
     mu = u[:, -1]  # (H,)
     acts_on_xq = A[:, :, :d]  # (H, D, d): rows = key side (x_ℓ, y_ℓ), columns = x_q
-    off = ~torch.eye(D, d, dtype=torch.bool)  # (D, d): everything but the x-diagonal
+    off = ~torch.eye(D, d, dtype=torch.bool, device=A.device)  # (D, d): everything but the x-diagonal
     ratio = acts_on_xq[:, off].abs().mean() / diag.abs().mean().clamp_min(torch.finfo(A.dtype).tiny)
     return omega, mu, ratio.item()
 
 
 def effective_step(omega: Tensor, mu: Tensor) -> Tensor:
-    r"""η = Σ_h μ_h ω_h: the step size of the debiased GD predictor in (3)."""
-    return (torch.as_tensor(omega) * torch.as_tensor(mu)).sum()
+    r"""η = Σ_h μ_h ω_h: the step size of the debiased GD predictor in (3). omega, mu (H,) -> ()."""
+    omega, mu = _per_head(omega, mu)
+    return (omega * mu).sum()
 
 
 def _split(Z: Tensor, zq: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -228,7 +263,9 @@ def ridge_predict(Z: Tensor, zq: Tensor, lam: float) -> Tensor:
     r"""ŷ = x_q^T (X^T X + λ I)^{-1} X^T y. With λ = σ² d this is the posterior mean under
     β ~ N(0, I/d) and noise N(0, σ²): the Bayes-optimal predictor for the squared loss. (B,)"""
     x, y, xq = _split(Z, zq)
-    gram = x.transpose(1, 2) @ x + lam * torch.eye(x.shape[-1], dtype=x.dtype)  # (B, d, d)
+    lam = check_scale(lam, "lam", allow_zero=True)  # λ >= 0
+    # X^T X + λ I
+    gram = x.transpose(1, 2) @ x + lam * torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)  # (B, d, d)
     beta_hat = torch.linalg.solve(gram, torch.einsum("bld,bl->bd", x, y))  # (B, d)
     return (beta_hat * xq).sum(-1)  # (B,)
 
@@ -241,7 +278,8 @@ def reduced_loss(omega: Tensor, mu: Tensor, *, d: int, L: int, sigma2: float) ->
     As ω → 0 with the products μ_h ω_h fixed, the last term tends to (1 + σ²)(Σ_h μ_h)²/L:
     any non-zero Σ μ costs loss, which is why the zero-sum pattern appears.
     """
-    omega, mu = torch.as_tensor(omega, dtype=torch.float64), torch.as_tensor(mu, dtype=torch.float64)
+    omega, mu = _per_head(omega, mu, torch.float64)
+    d, L = require_int(d, "d", minimum=1), require_int(L, "L", minimum=1)
     outer = torch.outer(omega, omega)
     kernel = outer + (1 + sigma2) / L * torch.exp(d * outer)
     return 1 + sigma2 - 2 * mu @ omega + mu @ kernel @ mu
@@ -253,12 +291,14 @@ def single_head_optimum(d: int, L: int, sigma2: float) -> tuple[float, float]:
     (For H = 1, L̃ minimised over μ is 1 + σ² - ω²/(ω² + c e^{dω²}) with c = (1+σ²)/L, whose
     best ω makes e^{dω²}/ω² smallest: ω² = 1/d.)
     """
+    d, L = require_int(d, "d", minimum=1), require_int(L, "L", minimum=1)
     return 1 / math.sqrt(d), math.sqrt(d) / (1 + (1 + sigma2) * d * math.e / L)
 
 
 def paired_optimal_step(d: int, L: int, sigma2: float) -> float:
     r"""Best η for a ±ω pair as ω → 0: L̃ → 1 + σ² - 2η + η²(1 + (1+σ²) d / L), so
     η* = 1 / (1 + (1+σ²) d / L) and L̃* = 1 + σ² - η*."""
+    d, L = require_int(d, "d", minimum=1), require_int(L, "L", minimum=1)
     return 1 / (1 + (1 + sigma2) * d / L)
 
 
@@ -274,12 +314,13 @@ class ICLRegressor(nn.Module):
     def __init__(self, d: int, H: int, *, attention: str = "softmax", train_length: int | None = None,
                  generator: torch.Generator | None = None):
         super().__init__()
-        if d < 1 or H < 1:
-            raise ValueError(f"need d >= 1 and H >= 1, got d={d}, H={H}")
+        d, H = require_int(d, "d", minimum=1), require_int(H, "H", minimum=1)
         if attention not in ("softmax", "linear"):
             raise ValueError(f"attention must be 'softmax' or 'linear', got {attention!r}")
         if attention == "linear" and train_length is None:
             raise ValueError("the linear baseline needs train_length (its fixed normaliser)")
+        if train_length is not None:
+            train_length = require_int(train_length, "train_length", minimum=1)
         D = d + 1
         self.d, self.H, self.attention, self.train_length = d, H, attention, train_length
 

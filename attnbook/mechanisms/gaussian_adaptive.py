@@ -33,13 +33,28 @@ multi-modal; ``mixture_logits`` selects that form.
 
 **Invariances.** The weights do not change under a per-column shift x → x + β (any δ), and
 under a rescale x → αx (α > 0) only when δ = 0, because δ is in raw units and enters as δ/s.
+
+**Why this module stands alone.** GAAM is a different computation from
+:class:`attnbook.attention.MultiHeadAttention`: no queries, keys or projections, a score that
+each element computes from its own standardised value, and a gate instead of a weighted sum;
+only the core's softmax (:func:`attnbook.attention.stable_softmax`) and mask convention
+(:func:`attnbook.masks.apply_mask`) are shared.
+
+**Masks** are boolean and shaped like x (or broadcastable to it): True marks a real element,
+False a padding element that takes no part in the statistics and gets weight 0. For x of shape
+(B, n, C) with ``lengths[b]`` real elements, ``padding_mask(lengths, n)[:, :, None]``
+(:func:`attnbook.masks.padding_mask`) is such a mask.
 """
 from __future__ import annotations
+
+import numbers
 
 import torch
 from torch import Tensor, nn
 
 from ..attention import stable_softmax
+from ..masks import apply_mask
+from ..validate import check_mask, check_scale, require_int, require_same_dtype_device, require_tensor
 
 __all__ = [
     "axis_statistics",
@@ -53,31 +68,50 @@ __all__ = [
 ]
 
 
-def _check_axis(x: Tensor, axis: int) -> int:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim < 1 or not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis={axis} is out of range for x of shape {tuple(x.shape)}")
+def _check_axis(
+    x: Tensor, axis: int, mask: Tensor | None = None, name: str = "x", axis_name: str = "axis"
+) -> int:
+    """x: a floating tensor with the axis ``axis``; mask: None or boolean, broadcastable to x."""
+    require_tensor(x, name, min_ndim=1, floating=True, shape=f"(..., n, ...) with n along {axis_name}")
+    axis = require_int(axis, axis_name)
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{axis_name}={axis} is out of range for {name} of shape {tuple(x.shape)}")
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(f"mask must be boolean (True = real element, False = padding), got {got}; "
+                            "convert a 0/1 mask with mask.bool()")
+        check_mask(mask, x.shape, "mask")  # broadcastable to x
+        if mask.device != x.device:
+            raise ValueError(f"mask is on {mask.device} but x is on {x.device}")
     return axis % x.ndim
 
 
-def _check_params(delta: Tensor, c: Tensor, mixture_logits: Tensor | None) -> None:
-    if delta.ndim != 1 or c.shape != delta.shape:
-        raise ValueError(
-            f"delta and c must both have shape (G,), got delta {tuple(delta.shape)} and c {tuple(c.shape)}"
-        )
-    if mixture_logits is not None and mixture_logits.shape != delta.shape:
-        raise ValueError(f"mixture_logits must have shape (G,)={tuple(delta.shape)}, got {tuple(mixture_logits.shape)}")
+def _check_params(x: Tensor | None, shape: str, **params: Tensor | None) -> None:
+    """The Gaussians' parameters (None skipped): each ``shape`` ((G,) or (H, G)), x's dtype and device."""
+    present = {name: t for name, t in params.items() if t is not None}
+    for name, t in present.items():
+        require_tensor(t, name, ndim=1 if shape == "(G,)" else 2, floating=True, shape=shape)
+    (first, ref), *rest = present.items()
+    for name, t in rest:
+        if t.shape != ref.shape:
+            raise ValueError(
+                f"{name} must have {first}'s shape {shape}, {tuple(ref.shape)}; got {tuple(t.shape)}"
+            )
+    require_same_dtype_device(**present, x=x)
 
 
-def axis_statistics(x: Tensor, axis: int = 1, eps: float = 1e-8, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def axis_statistics(
+    x: Tensor, axis: int = 1, eps: float = 1e-8, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     r"""Mean m and scale s = sqrt(unbiased variance + eps) along ``axis`` (kept as size 1).
 
     The unbiased variance divides by (count - 1); a column with a single element (or a
     single unmasked element) gets variance 0 instead of torch's NaN, so s = sqrt(eps).
     ``mask`` (bool, broadcastable to x, True = real element) leaves padding out of both.
     """
-    axis = _check_axis(x, axis)
+    axis = _check_axis(x, axis, mask)
+    eps = 0.0 if isinstance(eps, numbers.Real) and eps == 0 else check_scale(eps, "eps")  # ε >= 0
     if mask is None:
         count = torch.full_like(x.narrow(axis, 0, 1), float(x.shape[axis]))
         # m = (1/n) Σ_i x_i
@@ -107,22 +141,26 @@ def gaussian_logits(
     r"""The log-weights ℓ of one head, same shape as x (softmax along ``axis`` gives a).
 
     Product form (``mixture_logits=None``):  ℓ_i = Σ_g -((x_i - m - δ_g) / s)² / (2 c_g²).
-    Mixture form:  ℓ_i = log Σ_g w_g exp(-((x_i - m - δ_g) / s)² / (2 c_g²)),  w = softmax(mixture_logits).
+    Mixture form:  ℓ_i = log Σ_g w_g exp(-((x_i - m - δ_g) / s)² / (2 c_g²)),
+    with w = softmax(mixture_logits).
     ``standardize=False`` uses m = 0, s = 1 (a Gaussian in raw units: the book's ablation).
 
     Args:
         x: any shape; the axis ``axis`` is the one the weights are normalised over.
-        delta, c: (G,) offsets (raw units) and scales of the G Gaussians.
+        delta, c: (G,) offsets (raw units) and scales of the G Gaussians, in x's dtype.
+        mixture_logits: (G,) for the mixture form.
+        mask: boolean, broadcastable to x; True = real element, False = padding (weight 0).
     """
-    axis = _check_axis(x, axis)
-    _check_params(delta, c, mixture_logits)
+    axis = _check_axis(x, axis, mask)
+    _check_params(x, "(G,)", delta=delta, c=c, mixture_logits=mixture_logits)
     if standardize:
         mean, scale = axis_statistics(x, axis, eps, mask)
     else:
-        mean, scale = torch.zeros((), dtype=x.dtype, device=x.device), torch.ones((), dtype=x.dtype, device=x.device)
+        like = dict(dtype=x.dtype, device=x.device)
+        mean, scale = torch.zeros((), **like), torch.ones((), **like)
     G = delta.shape[0]
-    delta = delta.to(x.dtype).view(G, *([1] * x.ndim))
-    c = c.to(x.dtype).view(G, *([1] * x.ndim))
+    delta = delta.view(G, *([1] * x.ndim))
+    c = c.view(G, *([1] * x.ndim))
     # y_g = (x - (m + δ_g)) / s  — the offset is added to the mean BEFORE dividing by s
     y = (x - (mean + delta)) / scale  # (G, *x.shape)
     log_kernel = -y.square() / (2 * c.square())  # (G, *x.shape)
@@ -131,11 +169,10 @@ def gaussian_logits(
         logits = log_kernel.sum(dim=0)
     else:
         # mixture: log Σ_g w_g exp(-y_g² / (2 c_g²))
-        log_w = torch.log_softmax(mixture_logits.to(x.dtype), dim=0).view(G, *([1] * x.ndim))
+        log_w = torch.log_softmax(mixture_logits, dim=0).view(G, *([1] * x.ndim))
         logits = torch.logsumexp(log_w + log_kernel, dim=0)
-    if mask is not None:
-        logits = logits.masked_fill(~mask.expand_as(x), float("-inf"))
-    return logits
+    # padding: ℓ_i = -inf where the mask is False
+    return apply_mask(logits, mask)
 
 
 def gaussian_weights(x: Tensor, delta: Tensor, c: Tensor, *, axis: int = 1, **kwargs) -> Tensor:
@@ -154,8 +191,9 @@ def head_chunks(n: int, H: int) -> list[tuple[int, int]]:
     Every head gets n // H elements and the last one also takes the remainder, as the
     reference code does (e.g. n=10, H=4 -> lengths 2, 2, 2, 4). Needs n >= H.
     """
-    if H < 1 or n < H:
-        raise ValueError(f"the axis length n={n} must be at least the number of heads H={H} >= 1")
+    n, H = require_int(n, "n", minimum=1), require_int(H, "H", minimum=1)
+    if n < H:
+        raise ValueError(f"the axis length n={n} must be at least the number of heads H={H}")
     size = n // H
     return [(h * size, size if h < H - 1 else n - h * size) for h in range(H)]
 
@@ -180,15 +218,11 @@ def multi_head_gaussian_attention(
         x: e.g. (B, n, C) with ``axis=1``: n elements per column, C columns.
         deltas, cs: (H, G) per-head offsets and scales; ``mixture_logits`` (H, G) for the
             mixture form.
-        mask: optional bool of x's shape, True = real element.
+        mask: optional bool broadcastable to x, True = real element.
     """
-    axis = _check_axis(x, axis)
-    if deltas.ndim != 2 or cs.shape != deltas.shape:
-        raise ValueError(f"deltas and cs must both have shape (H, G), got {tuple(deltas.shape)} and {tuple(cs.shape)}")
-    if mixture_logits is not None and mixture_logits.shape != deltas.shape:
-        raise ValueError(f"mixture_logits must have shape (H, G)={tuple(deltas.shape)}, got {tuple(mixture_logits.shape)}")
-    if mask is not None and mask.shape != x.shape:
-        raise ValueError(f"mask must have x's shape {tuple(x.shape)}, got {tuple(mask.shape)}")
+    axis = _check_axis(x, axis, mask)
+    _check_params(x, "(H, G)", deltas=deltas, cs=cs, mixture_logits=mixture_logits)
+    mask = None if mask is None else mask.expand_as(x)
     weights = []
     for h, (start, length) in enumerate(head_chunks(x.shape[axis], deltas.shape[0])):
         chunk = x.narrow(axis, start, length)  # (..., n_h, ...)
@@ -210,7 +244,7 @@ def collapse_product(delta: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     (the precision-weighted mean). The constant cancels in the softmax, so GAAM's weights
     with (delta, c) equal those with (δ_eff, c_eff) for every input.
     """
-    _check_params(delta, c, None)
+    _check_params(None, "(G,)", delta=delta, c=c)
     precision = (1 / c.square()).sum()
     c_eff_sq = 1 / precision
     return c_eff_sq * (delta / c.square()).sum(), torch.sqrt(c_eff_sq)
@@ -223,6 +257,7 @@ def importance_factor(weights: Tensor, sample_axis: int = 0) -> Tensor:
     the min and max taken over the whole remaining map (e.g. (S, n, C) -> (n, C)). A constant
     map gives zeros. The paper names the IF but its formula was not available to us.
     """
+    sample_axis = _check_axis(weights, sample_axis, name="weights", axis_name="sample_axis")
     mean = weights.mean(dim=sample_axis)
     low, high = mean.min(), mean.max()
     span = high - low
@@ -244,8 +279,9 @@ class GaussianAdaptiveAttention(nn.Module):
     def __init__(self, n_heads: int, n_gaussians: int = 1, *, axis: int = 1, eps: float = 1e-8,
                  residual: bool = True, mixture: bool = False, standardize: bool = True):
         super().__init__()
-        if n_heads < 1 or n_gaussians < 1:
-            raise ValueError(f"n_heads and n_gaussians must be >= 1, got {n_heads} and {n_gaussians}")
+        n_heads = require_int(n_heads, "n_heads", minimum=1)
+        n_gaussians = require_int(n_gaussians, "n_gaussians", minimum=1)
+        axis = require_int(axis, "axis")
         self.axis, self.eps, self.residual, self.standardize = axis, eps, residual, standardize
         self.delta = nn.Parameter(torch.zeros(n_heads, n_gaussians))
         self.c = nn.Parameter(torch.exp(torch.randn(n_heads, n_gaussians)))

@@ -1,4 +1,4 @@
-"""attnbook.mechanisms.icl_regression and attnbook.tasks.linear_regression: anchors and equivalences."""
+"""attnbook.mechanisms.in_context_regression and attnbook.tasks.linear_regression: anchors, equivalences."""
 import math
 
 import pytest
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnbook.attention import scaled_dot_product_attention
-from attnbook.mechanisms.icl_regression import (
+from attnbook.mechanisms.in_context_regression import (
     ICLRegressor,
     constructed_weights,
     debiased_gd,
@@ -24,16 +24,23 @@ from attnbook.mechanisms.icl_regression import (
     vanilla_gd,
 )
 from attnbook.tasks.linear_regression import linear_regression_prompts
+from tests.library.device_check import (
+    assert_follow,
+    on_devices_and_dtypes,
+    tensors_without_device_go_to_meta,
+)
 
 f64 = dict(dtype=torch.float64)
 
 
 def _prompts(B, L, d, seed=0, **kwargs):
-    return linear_regression_prompts(B, L, d, 0.1, torch.Generator().manual_seed(seed), dtype=torch.float64, **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    return linear_regression_prompts(B, L, d, 0.1, g, dtype=torch.float64, **kwargs)
 
 
 @settings(max_examples=25, deadline=None)
-@given(B=st.integers(1, 3), H=st.integers(1, 4), L=st.integers(1, 12), d=st.integers(1, 7), seed=st.integers(0, 10_000))
+@given(B=st.integers(1, 3), H=st.integers(1, 4), L=st.integers(1, 12), d=st.integers(1, 7),
+       seed=st.integers(0, 10_000))
 def test_icl_attention_equals_torch_sdpa(B, H, L, d, seed):
     g = torch.Generator().manual_seed(seed)
     Z, zq, _, _ = _prompts(B, L, d, seed)
@@ -97,7 +104,8 @@ def test_opposite_pair_matches_debiased_gd_to_second_order():
     eta = 0.9
     errors = []
     for w in (0.02, 0.01):
-        A, u = constructed_weights(torch.tensor([w, -w], **f64), torch.tensor([eta / (2 * w), -eta / (2 * w)], **f64), 6)
+        mu = torch.tensor([eta / (2 * w), -eta / (2 * w)], **f64)
+        A, u = constructed_weights(torch.tensor([w, -w], **f64), mu, 6)
         p, q = icl_attention(Z, zq, A, u), debiased_gd(Z, zq, eta)
         errors.append(((p - q).pow(2).mean() / q.pow(2).mean()).sqrt().item())
     assert 3.5 < errors[0] / errors[1] < 4.5  # halving ω divides the error by 4: O(ω²)
@@ -149,9 +157,11 @@ def test_reduced_loss_optima():
             assert reduced_loss(torch.tensor([w + dw]), torch.tensor([m + dm]), d=d, L=L, sigma2=s2) > best
     # A ±ω pair with ω -> 0 and 2ωμ = η* reaches 1 + σ² - η*, below the single head's best.
     eta = paired_optimal_step(d, L, s2)
-    small = reduced_loss(torch.tensor([1e-4, -1e-4]), torch.tensor([eta / 2e-4, -eta / 2e-4]), d=d, L=L, sigma2=s2)
+    pair_mu = torch.tensor([eta / 2e-4, -eta / 2e-4])
+    small = reduced_loss(torch.tensor([1e-4, -1e-4]), pair_mu, d=d, L=L, sigma2=s2)
     assert abs(small.item() - (1 + s2 - eta)) < 1e-3 and small < best
-    assert math.isclose(effective_step(torch.tensor([0.2, -0.2]), torch.tensor([2.0, -2.0])).item(), 0.8, rel_tol=1e-6)
+    step = effective_step(torch.tensor([0.2, -0.2]), torch.tensor([2.0, -2.0])).item()
+    assert math.isclose(step, 0.8, rel_tol=1e-6)
 
 
 def test_regressor_merges_its_projections_and_validates():
@@ -159,7 +169,8 @@ def test_regressor_merges_its_projections_and_validates():
     Z, zq, _, _ = linear_regression_prompts(5, 8, 3, 0.1, torch.Generator().manual_seed(0))
     A, u = model.merged()
     torch.testing.assert_close(model(Z, zq), icl_attention(Z, zq, A, u))
-    linear = ICLRegressor(3, 2, attention="linear", train_length=8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    linear = ICLRegressor(3, 2, attention="linear", train_length=8, generator=g)
     torch.testing.assert_close(linear(Z, zq), linear_icl_attention(Z, zq, *linear.merged(), length=8))
     assert len(model.pattern()) == 3
     with pytest.raises(ValueError, match="train_length"):
@@ -183,6 +194,64 @@ def test_bad_shapes_name_the_argument():
         merge_projections(A, A, A, u[:, :2])
 
 
+def test_bad_dtypes_sizes_and_values_get_attnbook_errors_not_torch_errors():
+    Z, zq, _, _ = _prompts(2, 5, 3)
+    A, u = torch.randn(2, 4, 4, **f64), torch.randn(2, 4, **f64)
+    # mixed dtypes (einsum would raise a bare RuntimeError)
+    with pytest.raises(TypeError, match="Z and zq must share one dtype"):
+        icl_attention(Z, zq.float(), A, u)
+    with pytest.raises(TypeError, match="one dtype"):
+        icl_attention(Z, zq, A.float(), u.float())
+    with pytest.raises(TypeError, match="one dtype"):
+        merge_projections(A, A, A.float(), u)
+    model = ICLRegressor(3, 2, generator=torch.Generator().manual_seed(0))  # float32 parameters
+    with pytest.raises(TypeError, match="one dtype"):
+        model(Z, zq)
+    with pytest.raises(TypeError, match="floating dtype"):
+        icl_attention(Z.long(), zq.long(), A, u)
+    with pytest.raises(ValueError, match=r"omega and mu must both be \(H,\)"):
+        effective_step(torch.ones(2), torch.ones(3))
+    # sizes must be integers
+    with pytest.raises(TypeError, match="d must be an integer"):
+        ICLRegressor(3.0, 2)
+    with pytest.raises(TypeError, match="L must be an integer"):
+        linear_regression_prompts(2, 3.5, 2)
+    with pytest.raises(TypeError, match="D must be an integer"):
+        constructed_weights(torch.ones(2), torch.ones(2), 4.5)
+    with pytest.raises(TypeError, match="L must be an integer"):
+        single_head_optimum(3, 40.0, 0.1)
+    with pytest.raises(TypeError, match="dtype must be a floating"):
+        linear_regression_prompts(2, 3, 2, dtype=torch.int64)
+    # values
+    with pytest.raises(ValueError, match="lam must be"):
+        ridge_predict(Z, zq, -0.1)
+    with pytest.raises(ValueError, match="length must be"):
+        linear_icl_attention(Z, zq, A, u, length=0)
+
+
+@on_devices_and_dtypes
+def test_created_tensors_follow_the_inputs_device_and_dtype(device, dtype):
+    """Every tensor a function creates lives on its inputs' device and dtype (so it runs on a GPU)."""
+    Z, zq, _, _ = (t.to(device, dtype) for t in _prompts(6, 7, 3, seed=5))
+    g = torch.Generator().manual_seed(6)
+    w = [torch.randn(2, 4, 4, generator=g).to(device, dtype) for _ in range(3)]
+    w_o = torch.randn(2, 4, generator=g).to(device, dtype)
+    omega, mu = torch.tensor([0.3, -0.3]).to(device, dtype), torch.tensor([1.0, -1.0]).to(device, dtype)
+    model = ICLRegressor(3, 2, generator=g).to(device, dtype)
+    with tensors_without_device_go_to_meta():
+        A, u = merge_projections(*w, w_o)
+        A_c, u_c = constructed_weights(omega, mu, 4)
+        om, m, _ = extract_omega_mu(A, u)
+        results = [
+            A, u, A_c, u_c, om, m, *icl_attention(Z, zq, A, u, return_weights=True),
+            linear_icl_attention(Z, zq, A, u), effective_step(omega, mu), debiased_gd(Z, zq, 0.5),
+            vanilla_gd(Z, zq, 0.5), ridge_predict(Z, zq, 0.5), model(Z, zq),
+        ]
+        loss = reduced_loss(omega, mu, d=3, L=7, sigma2=0.1)
+    assert_follow(results, Z.device, dtype)
+    assert loss.device == Z.device and loss.dtype == torch.float64  # the reduced loss is always float64
+
+
 def test_prompt_generator():
     g = torch.Generator().manual_seed(4)
     Z, zq, yq, beta = linear_regression_prompts(7, 5, 3, 0.2, g)
@@ -191,7 +260,8 @@ def test_prompt_generator():
     again = linear_regression_prompts(7, 5, 3, 0.2, torch.Generator().manual_seed(4))
     assert all(torch.equal(a, b) for a, b in zip((Z, zq, yq, beta), again))
     noiseless = linear_regression_prompts(4, 6, 2, 0.0, torch.Generator().manual_seed(5), y_shift=1.5)
-    torch.testing.assert_close(noiseless.Z[..., -1], torch.einsum("bld,bd->bl", noiseless.Z[..., :-1], noiseless.beta) + 1.5)
+    labels = torch.einsum("bld,bd->bl", noiseless.Z[..., :-1], noiseless.beta) + 1.5
+    torch.testing.assert_close(noiseless.Z[..., -1], labels)
     torch.testing.assert_close(noiseless.yq, (noiseless.zq[:, :-1] * noiseless.beta).sum(-1) + 1.5)
     with pytest.raises(ValueError, match="sigma2"):
         linear_regression_prompts(2, 3, 2, -1.0)
