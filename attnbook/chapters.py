@@ -60,7 +60,7 @@ PARTS = (
 
 #: Pages of the website that are not chapters (paths under book/ without the extension, e.g.
 #: "notation"); the table of contents lists them after the introduction, before chapter 00.
-FRONT_PAGES: tuple[str, ...] = ()
+FRONT_PAGES: tuple[str, ...] = ("notation",)
 
 
 @dataclass(frozen=True)
