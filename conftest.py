@@ -3,8 +3,8 @@
 - With no CUDA GPU, run Triton kernels in Triton's CPU interpreter (TRITON_INTERPRET=1),
   set here before anything imports triton.
 - ``--target`` (or ATTNBOOK_TARGET) chooses what tests/exercises grades: ``solutions``
-  (the default, as in CI) or ``exercises`` (your own work; stubs are skipped as
-  "not implemented yet").
+  (the default, as in CI: a function that still raises NotImplementedError FAILS) or
+  ``exercises`` (your own work; stubs are skipped as "not implemented yet").
 """
 import os
 

@@ -1,10 +1,12 @@
-"""The ``attnbook`` command: ``attnbook grade NN [--solutions] [--root PATH]``."""
+"""The ``attnbook`` command: ``attnbook grade NN [--solutions] [--root PATH] [--seed S]``."""
+
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 
-from .grading import find_exercise_file, grade_module, load_module, print_report, tasks_of
+from .grading import find_exercise_file, grade_file, load_error, print_report, tasks_of
 
 
 def _grade(args: argparse.Namespace) -> int:
@@ -13,16 +15,13 @@ def _grade(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not tasks_of(args.chapter):
+    if load_error(args.chapter) is None and not tasks_of(args.chapter):
         print(f"error: chapter {args.chapter} has no graded tasks", file=sys.stderr)
         return 2
-    try:
-        module = load_module(path)
-    except Exception as err:  # noqa: BLE001 - a learner's syntax error must not print a traceback
-        print(f"error: could not import {path}: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    results = grade_module(module, args.chapter)
-    print_report(results, title=f"grading {path}\n")
+    seed = random.randrange(2**31) if args.seed is None else args.seed
+    results = grade_file(path, args.chapter, seed=seed)
+    replay = f"attnbook grade {args.chapter}{' --solutions' if args.solutions else ''} --seed {seed}"
+    print_report(results, title=f"grading {path}\n", solutions=args.solutions, replay=replay)
     return 0 if all(r.passed for r in results) else 1
 
 
@@ -31,8 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     grade = sub.add_parser("grade", help="grade exercises/chNN_*.py (or solutions/ with --solutions)")
     grade.add_argument("chapter", help="chapter number, e.g. 00 or 2")
-    grade.add_argument("--solutions", action="store_true", help="grade solutions/ instead of exercises/")
+    grade.add_argument(
+        "--solutions", action="store_true", help="grade solutions/ instead of exercises/ (a stub there fails)"
+    )
     grade.add_argument("--root", default=None, help="the repository folder (default: found from here)")
+    grade.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the seed of the random inputs (a failure prints the one to replay it)",
+    )
     args = parser.parse_args(argv)
     if not args.chapter.isdigit():
         parser.error(f"chapter must be a number such as 00, got {args.chapter!r}")

@@ -1,26 +1,31 @@
-"""Helpers that checks use to compare a learner's answer with a reference and explain misses.
+"""Helpers that checks use to draw inputs and to compare a learner's answer with a reference.
 
 Every helper raises :class:`~attnbook.grading.core.CheckFailed` with a message meant for a
-learner: what was expected, what came back, and, when the answer matches a known mistake,
-which one.
+learner: what was expected and what came back. Naming a known mistake is the engine's job
+(see :func:`~attnbook.grading.core.mistake`); a check gives only a general ``hint``.
 """
+
 from __future__ import annotations
 
-import random
-from typing import Callable, Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from .context import case, describe_value, fresh_generator, fresh_seed
 from .core import CheckFailed
 
-__all__ = ["fresh_generator", "expect_tensor", "expect_close", "tolerance", "describe"]
-
-
-def fresh_generator() -> tuple[torch.Generator, int]:
-    """A generator with a fresh random seed (returned too, so a failure can name it)."""
-    seed = random.randrange(2**31)
-    return torch.Generator().manual_seed(seed), seed
+__all__ = [
+    "case",
+    "fresh_generator",
+    "fresh_seed",
+    "tolerance",
+    "describe",
+    "describe_value",
+    "expect_tensor",
+    "expect_close",
+    "expect_tuple",
+]
 
 
 def tolerance(dtype: torch.dtype) -> tuple[float, float]:
@@ -40,14 +45,25 @@ def describe(case: Mapping[str, object]) -> str:
     return ", ".join(parts)
 
 
+def expect_tuple(returned: object, names: Sequence[str], what: str = "") -> tuple:
+    """Check that ``returned`` is a tuple of ``len(names)`` items; return it."""
+    if not isinstance(returned, tuple) or len(returned) != len(names):
+        got = "None (is a `return` missing?)" if returned is None else describe_value(returned)
+        where = f" for {what}" if what else ""
+        raise CheckFailed(f"return a tuple ({', '.join(names)}); got {got}{where}")
+    return returned
+
+
 def expect_tensor(actual: object, *, shape: tuple[int, ...], dtype: torch.dtype | None, what: str) -> Tensor:
     """Check that ``actual`` is a finite tensor of the given shape (and dtype, unless None)."""
+    if actual is None:
+        raise CheckFailed(f"{what}: expected a torch.Tensor, got None (is a `return` missing?)")
     if not isinstance(actual, Tensor):
         raise CheckFailed(f"{what}: expected a torch.Tensor, got {type(actual).__name__}")
     if tuple(actual.shape) != tuple(shape):
         raise CheckFailed(f"{what}: expected shape {tuple(shape)}, got {tuple(actual.shape)}")
     if dtype is not None and actual.dtype != dtype:
-        raise CheckFailed(f"{what}: expected dtype {dtype}, got {actual.dtype} (keep the input's dtype)")
+        raise CheckFailed(f"{what}: expected dtype {dtype}, got {actual.dtype}")
     if actual.is_floating_point() and not torch.isfinite(actual).all():
         bad = (~torch.isfinite(actual)).sum().item()
         raise CheckFailed(f"{what}: {bad} entries are NaN or infinite")
@@ -59,7 +75,6 @@ def expect_close(
     expected: Tensor,
     *,
     what: str,
-    wrong: Mapping[str, Callable[[], Tensor]] | None = None,
     hint: str = "",
     check_dtype: bool = True,
     atol: float | None = None,
@@ -71,36 +86,23 @@ def expect_close(
         actual: the learner's answer.
         expected: the reference answer.
         what: names the answer and the case in messages, e.g. "out for N=3, M=5".
-        wrong: known mistakes, {"what the mistake is": function computing its answer}; when
-            the answer is wrong and matches one of them, the message names the mistake.
-        hint: a general hint appended when the answer is wrong and matches no known mistake.
+        hint: a general hint, shown when the answer is wrong and matches no declared mistake.
     """
-    actual = expect_tensor(actual, shape=tuple(expected.shape), dtype=expected.dtype if check_dtype else None, what=what)
+    actual = expect_tensor(
+        actual, shape=tuple(expected.shape), dtype=expected.dtype if check_dtype else None, what=what
+    )
     default_atol, default_rtol = tolerance(expected.dtype)
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
+    actual = actual.detach().to(device=expected.device, dtype=expected.dtype)
     if expected.dtype == torch.bool or not expected.is_floating_point():
-        if torch.equal(actual.to(expected.dtype), expected):
+        if torch.equal(actual, expected):
             return
-        mismatch = (actual.to(expected.dtype) != expected).sum().item()
-        message = f"{what}: {mismatch} of {expected.numel()} entries differ from the reference"
-    else:
-        actual_cmp = actual.to(expected.dtype)
-        if torch.allclose(actual_cmp, expected, atol=atol, rtol=rtol):
-            return
-        err = (actual_cmp - expected).abs().max().item()
-        message = f"{what}: max abs error {err:.3g} (allowed {atol:g} + {rtol:g}·|expected|)"
-    for mistake, compute in (wrong or {}).items():
-        try:
-            candidate = compute()
-        except Exception:  # noqa: BLE001 - a mistake that cannot be computed here does not apply
-            continue
-        if candidate.shape == expected.shape and candidate.dtype == expected.dtype:
-            same = (
-                torch.equal(actual.to(candidate.dtype), candidate)
-                if not candidate.is_floating_point()
-                else torch.allclose(actual.to(candidate.dtype), candidate, atol=atol, rtol=rtol, equal_nan=True)
-            )
-            if same:
-                raise CheckFailed(f"{message}.\n  Your answer matches a common mistake: {mistake}.")
-    raise CheckFailed(f"{message}." + (f"\n  Hint: {hint}" if hint else ""))
+        mismatch = (actual != expected).sum().item()
+        raise CheckFailed(
+            f"{what}: {mismatch} of {expected.numel()} entries differ from the reference.", hint=hint
+        )
+    if torch.allclose(actual, expected, atol=atol, rtol=rtol):
+        return
+    err = (actual - expected).abs().max().item()
+    raise CheckFailed(f"{what}: max abs error {err:.3g} (allowed {atol:g} + {rtol:g}·|expected|).", hint=hint)

@@ -1,8 +1,9 @@
-"""Checks for chapter 00's exercises (multi-head attention from scratch).
+"""Checks for chapter 00's exercises (multi-head attention from scratch), and their common mistakes.
 
 References are independent of the learner's code and of attnbook's own attention:
 torch.nn.functional.scaled_dot_product_attention, torch.nn.MultiheadAttention, explicit loops.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..core import CheckFailed, task
-from ..expect import describe, expect_close, fresh_generator
+from ..core import case, mistake, task
+from ..expect import describe, expect_close, expect_tuple, fresh_generator
 
 # (B, N, M, d, dtype, leading head axis?): N = 1, N ≠ M, non-powers of two, both dtypes.
 SDPA_CASES = [
@@ -31,73 +32,144 @@ def _random_mask(shape, gen) -> torch.Tensor:
     return mask
 
 
-def _reference_weights(q, k, mask, scale):
-    scores = q @ k.transpose(-2, -1) * scale
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1)
+def _scores(q, k, mask, scale):
+    """q k^T · scale with hidden keys at -inf."""
+    s = q @ k.transpose(-2, -1) * scale
+    return s if mask is None else s.masked_fill(~mask, float("-inf"))
 
 
 @task("ch00.scaled_dot_product_attention", points=3)
 def check_scaled_dot_product_attention(fn):
     """softmax(q k^T / sqrt(d) + mask) v, returning (out, weights)."""
-    gen, seed = fresh_generator()
+    gen, _ = fresh_generator()
     for B, N, M, d, dtype, with_heads in SDPA_CASES:
         lead = (B, 2) if with_heads else (B,)
         q = torch.randn(*lead, N, d, generator=gen, dtype=dtype)
         k = torch.randn(*lead, M, d, generator=gen, dtype=dtype)
         v = torch.randn(*lead, M, d + 3, generator=gen, dtype=dtype)
         for mask in (None, _random_mask((N, M), gen)):
-            case = describe({"q": q, "k": k, "v": v, "mask": "yes" if mask is not None else "no", "dtype": dtype, "seed": seed})
-            returned = fn(q.clone(), k.clone(), v.clone(), mask)
-            if not isinstance(returned, tuple) or len(returned) != 2:
-                raise CheckFailed(f"return a tuple (out, weights); got {type(returned).__name__} for {case}")
-            out, weights = returned
-            scale = 1 / math.sqrt(d)
-            ref_out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            ref_w = _reference_weights(q, k, mask, scale)
-            wrong = {
-                "softmax over the query axis (dim=-2) instead of the key axis (dim=-1)": lambda: (
-                    torch.softmax((q @ k.transpose(-2, -1) * scale).masked_fill(~mask, float("-inf")) if mask is not None else q @ k.transpose(-2, -1) * scale, dim=-2)
-                ),
-                "scores not divided by sqrt(d)": lambda: _reference_weights(q, k, mask, 1.0),
-                "scores divided by d instead of sqrt(d)": lambda: _reference_weights(q, k, mask, 1 / d),
-                "mask applied after the softmax (rows no longer sum to 1)": lambda: _reference_weights(q, k, None, scale) * mask,
-            }
-            expect_close(weights, ref_w, what=f"weights for {case}", wrong=wrong,
-                         hint="each query's weights over the M keys must sum to 1; hidden keys get exactly 0")
-            expect_close(out, ref_out, what=f"out for {case}", hint="out = weights @ v")
+            with case():
+                out, weights = expect_tuple(fn(q.clone(), k.clone(), v.clone(), mask), ("out", "weights"))
+                ref_w = torch.softmax(_scores(q, k, mask, 1 / math.sqrt(d)), dim=-1)
+                expect_close(
+                    weights,
+                    ref_w,
+                    what="weights",
+                    hint="each query's weights over the M keys must sum to 1; hidden keys get exactly 0",
+                )
+                ref_out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                expect_close(out, ref_out, what="out", hint="out = weights @ v")
 
 
+def _sdpa(q, k, v, mask, *, scale=None, dim=-1):
+    w = torch.softmax(_scores(q, k, mask, 1 / math.sqrt(q.shape[-1]) if scale is None else scale), dim=dim)
+    return w @ v, w
+
+
+@mistake(
+    "ch00.scaled_dot_product_attention",
+    "softmax over the query axis (dim=-2) instead of the key axis (dim=-1)",
+)
+def sdpa_softmax_over_queries(q, k, v, mask=None):
+    return _sdpa(q, k, v, mask, dim=-2)
+
+
+@mistake("ch00.scaled_dot_product_attention", "scores not divided by sqrt(d)")
+def sdpa_no_scale(q, k, v, mask=None):
+    return _sdpa(q, k, v, mask, scale=1.0)
+
+
+@mistake("ch00.scaled_dot_product_attention", "scores divided by d instead of sqrt(d)")
+def sdpa_divided_by_d(q, k, v, mask=None):
+    return _sdpa(q, k, v, mask, scale=1 / q.shape[-1])
+
+
+@mistake(
+    "ch00.scaled_dot_product_attention",
+    "scores divided by the square root of the model width D = H·d (here 4d); inside one head "
+    "the scale is 1/sqrt(d), d = q.shape[-1]",
+)
+def sdpa_scaled_by_sqrt_model_width(q, k, v, mask=None):
+    return _sdpa(q, k, v, mask, scale=1 / math.sqrt(4 * q.shape[-1]))
+
+
+@mistake("ch00.scaled_dot_product_attention", "mask applied after the softmax (rows no longer sum to 1)")
+def sdpa_mask_after_softmax(q, k, v, mask=None):
+    w = torch.softmax(_scores(q, k, None, 1 / math.sqrt(q.shape[-1])), dim=-1)
+    w = w if mask is None else w * mask
+    return w @ v, w
+
+
+@mistake(
+    "ch00.scaled_dot_product_attention",
+    "the mask was added as (~mask) * -inf, and 0 · (-inf) is NaN on every visible key; "
+    "use scores.masked_fill(~mask, float('-inf'))",
+)
+def sdpa_nan_from_inf_times_zero(q, k, v, mask=None):
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s + (~mask) * float("-inf")
+    w = torch.softmax(s, dim=-1)
+    return w @ v, w
+
+
+@mistake(
+    "ch00.scaled_dot_product_attention",
+    "k and v were cut to the first N keys, as if M = N; with M ≠ N every query attends to all M keys",
+)
+def sdpa_assumes_square(q, k, v, mask=None):
+    N = q.shape[-2]
+    return _sdpa(q, k[..., :N, :], v[..., :N, :], None if mask is None else mask[:, :N])
+
+
+# ---------------------------------------------------------------------------------------------
 @task("ch00.split_heads", points=1)
 def check_split_heads(fn):
     """(B, N, D) -> (B, H, N, d): head h owns columns h*d ... (h+1)*d - 1."""
-    gen, seed = fresh_generator()
+    gen, _ = fresh_generator()
     for B, N, H, d in [(2, 5, 4, 3), (1, 1, 2, 8), (3, 7, 3, 5), (2, 4, 1, 6)]:
-        x = torch.randn(B, N, H * d, generator=gen, dtype=torch.float64)
-        # reference: explicit slicing, one head at a time
-        ref = torch.stack([x[:, :, h * d:(h + 1) * d] for h in range(H)], dim=1)  # (B, H, N, d)
-        wrong = {
-            "x.view(B, H, N, d) without a transpose mixes tokens and heads": lambda: x.reshape(B, H, N, d),
-            "columns dealt to heads round-robin (view as (B, N, d, H))": lambda: x.reshape(B, N, d, H).permute(0, 3, 1, 2),
-        }
-        expect_close(fn(x.clone(), H), ref, what=f"split_heads for {describe({'x': x, 'H': H, 'seed': seed})}", wrong=wrong)
+        with case():
+            x = torch.randn(B, N, H * d, generator=gen, dtype=torch.float64)
+            # reference: explicit slicing, one head at a time
+            ref = torch.stack([x[:, :, h * d : (h + 1) * d] for h in range(H)], dim=1)  # (B, H, N, d)
+            expect_close(fn(x.clone(), H), ref, what=f"split_heads for {describe({'x': x, 'H': H})}")
+
+
+@mistake("ch00.split_heads", "x.view(B, H, N, d) without a transpose mixes tokens and heads")
+def split_view_without_transpose(x, H):
+    B, N, D = x.shape
+    return x.reshape(B, H, N, D // H)
+
+
+@mistake("ch00.split_heads", "columns dealt to heads round-robin (view as (B, N, d, H))")
+def split_round_robin(x, H):
+    B, N, D = x.shape
+    return x.reshape(B, N, D // H, H).permute(0, 3, 1, 2)
 
 
 @task("ch00.merge_heads", points=1)
 def check_merge_heads(fn):
     """(B, H, N, d) -> (B, N, H*d): concatenate the heads along the feature axis."""
-    gen, seed = fresh_generator()
+    gen, _ = fresh_generator()
     for B, H, N, d in [(2, 4, 5, 3), (1, 2, 1, 8), (3, 3, 7, 5), (1, 1, 4, 6)]:
-        x = torch.randn(B, H, N, d, generator=gen, dtype=torch.float32)
-        ref = torch.cat([x[:, h] for h in range(H)], dim=-1)  # (B, N, H*d)
-        wrong = {
-            "x.reshape(B, N, H*d) without moving the head axis first": lambda: x.reshape(B, N, H * d),
-            "heads concatenated in reverse order": lambda: torch.cat([x[:, h] for h in reversed(range(H))], dim=-1),
-        }
-        expect_close(fn(x.clone()), ref, what=f"merge_heads for {describe({'x': x, 'seed': seed})}", wrong=wrong)
+        with case():
+            x = torch.randn(B, H, N, d, generator=gen, dtype=torch.float32)
+            ref = torch.cat([x[:, h] for h in range(H)], dim=-1)  # (B, N, H*d)
+            expect_close(fn(x.clone()), ref, what=f"merge_heads for {describe({'x': x})}")
 
 
+@mistake("ch00.merge_heads", "x.reshape(B, N, H*d) without moving the head axis first")
+def merge_reshape_without_transpose(x):
+    B, H, N, d = x.shape
+    return x.reshape(B, N, H * d)
+
+
+@mistake("ch00.merge_heads", "heads concatenated in reverse order")
+def merge_reversed_heads(x):
+    return torch.cat([x[:, h] for h in reversed(range(x.shape[1]))], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
 def _torch_mha(params, H, x, mask):
     """torch.nn.MultiheadAttention with the learner's weights (our W acts on the right: x @ W)."""
     D = x.shape[-1]
@@ -110,54 +182,115 @@ def _torch_mha(params, H, x, mask):
     return out.detach()
 
 
-def _mha_variant(params, H, x, mask, *, scale_by_D=False, skip_w_o=False, reversed_heads=False):
-    """Known mistakes, computed from scratch so hints can name them."""
-    B, N, D = x.shape
-    d = D // H
-    q, k, v = (x @ params[n] for n in ("w_q", "w_k", "w_v"))
-    heads = []
-    for h in range(H):
-        sl = slice(h * d, (h + 1) * d)
-        s = q[..., sl] @ k[..., sl].transpose(-2, -1) / math.sqrt(D if scale_by_D else d)
-        if mask is not None:
-            s = s.masked_fill(~mask, float("-inf"))
-        heads.append(torch.softmax(s, -1) @ v[..., sl])
-    if reversed_heads:
-        heads = heads[::-1]
-    concat = torch.cat(heads, dim=-1)
-    return concat if skip_w_o else concat @ params["w_o"]
-
-
 @task("ch00.multi_head_attention", points=3)
 def check_multi_head_attention(fn):
     """Σ_h softmax(Q_h K_h^T / sqrt(d) + mask) V_h W_O^h with params w_q, w_k, w_v, w_o (D, D)."""
-    gen, seed = fresh_generator()
-    for B, N, D, H, dtype, masked in [(2, 5, 12, 3, torch.float64, False), (1, 1, 8, 2, torch.float32, False),
-                                      (3, 7, 20, 4, torch.float64, True), (2, 6, 6, 1, torch.float32, True)]:
-        x = torch.randn(B, N, D, generator=gen, dtype=dtype)
-        params = {n: torch.randn(D, D, generator=gen, dtype=dtype) / math.sqrt(D) for n in ("w_q", "w_k", "w_v", "w_o")}
-        mask = _random_mask((N, N), gen) if masked else None
-        ref = _torch_mha(params, H, x, mask)
-        case = describe({"x": x, "H": H, "mask": "yes" if masked else "no", "dtype": dtype, "seed": seed})
-        wrong = {
-            "scores divided by sqrt(D) instead of sqrt(d) = sqrt(D / H)": lambda: _mha_variant(params, H, x, mask, scale_by_D=True),
-            "the output projection W_O is missing": lambda: _mha_variant(params, H, x, mask, skip_w_o=True),
-            "heads concatenated in the wrong order before W_O": lambda: _mha_variant(params, H, x, mask, reversed_heads=True),
-        }
-        given = {n: p.clone() for n, p in params.items()}
-        expect_close(fn(x.clone(), given, H, mask), ref, what=f"output for {case}", wrong=wrong,
-                     hint="split Q, K, V into H heads of width d = D / H, attend per head, then Σ_h head_h @ W_O^h")
+    gen, _ = fresh_generator()
+    for B, N, D, H, dtype, masked in [
+        (2, 5, 12, 3, torch.float64, False),
+        (1, 1, 8, 2, torch.float32, False),
+        (3, 7, 20, 4, torch.float64, True),
+        (2, 6, 6, 1, torch.float32, True),
+    ]:
+        with case():
+            x = torch.randn(B, N, D, generator=gen, dtype=dtype)
+            params = {
+                n: torch.randn(D, D, generator=gen, dtype=dtype) / math.sqrt(D)
+                for n in ("w_q", "w_k", "w_v", "w_o")
+            }
+            mask = _random_mask((N, N), gen) if masked else None
+            given = {n: p.clone() for n, p in params.items()}
+            expect_close(
+                fn(x.clone(), given, H, mask),
+                _torch_mha(params, H, x, mask),
+                what="output",
+                hint="split Q, K, V into H heads of width d = D / H, attend per head, "
+                "then Σ_h head_h @ W_O^h",
+            )
 
 
+def _mha_heads(x, params, H, mask, *, width=None, scrambled=False):
+    """The H heads' outputs [(B, N, d)] of a from-scratch MHA; keywords make the mistakes."""
+    B, N, D = x.shape
+    d = D // H
+    heads = []
+    for name in ("w_q", "w_k", "w_v"):
+        y = x @ params[name]
+        # scrambled: a reshape to (B, H, N, d) with no transpose
+        heads.append(y.reshape(B, H, N, d) if scrambled else y.reshape(B, N, H, d).transpose(1, 2))
+    q, k, v = heads
+    w = torch.softmax(_scores(q, k, mask, 1 / math.sqrt(d if width is None else width)), dim=-1)
+    return w @ v  # (B, H, N, d)
+
+
+def _merge(heads):
+    B, H, N, d = heads.shape
+    return heads.transpose(1, 2).reshape(B, N, H * d)
+
+
+@mistake("ch00.multi_head_attention", "scores divided by sqrt(D) instead of sqrt(d) = sqrt(D / H)")
+def mha_sqrt_model_width(x, params, H, mask=None):
+    return _merge(_mha_heads(x, params, H, mask, width=x.shape[-1])) @ params["w_o"]
+
+
+@mistake("ch00.multi_head_attention", "the output projection W_O is missing")
+def mha_forgets_w_o(x, params, H, mask=None):
+    return _merge(_mha_heads(x, params, H, mask))
+
+
+@mistake("ch00.multi_head_attention", "heads concatenated in the wrong order before W_O")
+def mha_heads_in_wrong_order(x, params, H, mask=None):
+    return _merge(_mha_heads(x, params, H, mask).flip(1)) @ params["w_o"]
+
+
+@mistake(
+    "ch00.multi_head_attention",
+    "Q, K, V were split with a reshape to (B, H, N, d) and merged with a reshape to (B, N, D), with no "
+    "transpose: tokens and heads get mixed; view as (B, N, H, d), then transpose(1, 2)",
+)
+def mha_scrambled_split(x, params, H, mask=None):
+    B, N, D = x.shape
+    return _mha_heads(x, params, H, mask, scrambled=True).reshape(B, N, D) @ params["w_o"]
+
+
+# ---------------------------------------------------------------------------------------------
 @task("ch00.causal_mask", points=2)
 def check_causal_mask(fn):
     """Boolean (N, M) mask, True where query i (at position i + M - N) may see key j."""
     for N, M in [(1, 1), (4, 4), (5, 5), (3, 7), (1, 6), (6, 9)]:
-        ref = torch.tensor([[j <= i + (M - N) for j in range(M)] for i in range(N)])
-        wrong = {
-            "the diagonal is hidden (a query must see its own position)": lambda: torch.ones(N, M, dtype=torch.bool).tril(M - N - 1),
-            "the queries are aligned to the START of the keys; they are the LAST N positions": lambda: torch.ones(N, M, dtype=torch.bool).tril(0),
-            "True marks the hidden (future) keys; here True means 'may attend'": lambda: ~torch.ones(N, M, dtype=torch.bool).tril(M - N),
-        }
-        got = fn(N, M) if M != N else fn(N)
-        expect_close(got, ref, what=f"causal_mask(N={N}{', M=' + str(M) if M != N else ''})", wrong=wrong)
+        with case():
+            ref = torch.tensor([[j <= i + (M - N) for j in range(M)] for i in range(N)])
+            got = fn(N, M) if M != N else fn(N)
+            expect_close(got, ref, what=f"causal_mask(N={N}{', M=' + str(M) if M != N else ''})")
+
+
+def _ones(N, M):
+    return torch.ones(N, N if M is None else M, dtype=torch.bool)
+
+
+@mistake("ch00.causal_mask", "the diagonal is hidden (a query must see its own position)")
+def causal_off_by_one(N, M=None):
+    M = N if M is None else M
+    return _ones(N, M).tril(M - N - 1)
+
+
+@mistake(
+    "ch00.causal_mask", "the queries are aligned to the START of the keys; they are the LAST N positions"
+)
+def causal_queries_at_start(N, M=None):
+    return _ones(N, M).tril(0)
+
+
+@mistake("ch00.causal_mask", "True marks the hidden (future) keys; here True means 'may attend'")
+def causal_true_means_hidden(N, M=None):
+    M = N if M is None else M
+    return ~_ones(N, M).tril(M - N)
+
+
+@mistake(
+    "ch00.causal_mask",
+    "a 0/1 float mask: return a boolean mask (dtype torch.bool), True where a query may attend",
+)
+def causal_float_mask(N, M=None):
+    M = N if M is None else M
+    return torch.ones(N, M).tril(M - N)

@@ -1,17 +1,19 @@
-"""Checks for chapter 03's exercises (Gaussian adaptive attention, GAAM).
+"""Checks for chapter 03's exercises (Gaussian adaptive attention, GAAM), and their common mistakes.
 
 The references are written here, independently of the learner's code and of
-attnbook.mechanisms.gaussian: explicit products of Gaussian pdfs divided by their sum,
+attnbook.mechanisms.gaussian_adaptive: explicit products of Gaussian pdfs divided by their sum,
 computed in float64 with a loop over the Gaussians and an explicit loop over the heads.
 """
+
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
-from ..core import CheckFailed, task
-from ..expect import describe, expect_close, fresh_generator
+from ..core import case, mistake, task
+from ..expect import describe, expect_close, expect_tuple, fresh_generator
 
 
 def _pdf_weights(x, delta, c, axis, eps=1e-8, *, ddof=1, offset_in_z=False, mixture=False, c_is_var=False):
@@ -35,7 +37,7 @@ def _pdf_weights(x, delta, c, axis, eps=1e-8, *, ddof=1, offset_in_z=False, mixt
         width = abs(cg) if c_is_var else cg * cg
         # log N(y; 0, width) = -y² / (2 width) - log sqrt(2π width)
         log_norm = 0.0 if mixture == "kernel" else 0.5 * math.log(2 * math.pi * width)
-        log_pdfs.append(-y ** 2 / (2 * width) - log_norm)
+        log_pdfs.append(-(y**2) / (2 * width) - log_norm)
     stacked = torch.stack(log_pdfs)  # (G, ..., n)
     # product of pdfs (log: sum) or mixture (log: logsumexp); then divide by the sum along the axis
     log_density = torch.logsumexp(stacked, dim=0) if mixture else stacked.sum(dim=0)
@@ -70,59 +72,140 @@ WEIGHT_CASES = [
 @task("ch03.gaam_weights", points=3)
 def check_gaam_weights(fn):
     """softmax along the axis of Σ_g -((x - m - δ_g) / s)² / (2 c_g²), s² the unbiased variance + eps."""
-    gen, seed = fresh_generator()
+    gen, _ = fresh_generator()
     for B, n, C, G, axis, dtype, offset, scale in WEIGHT_CASES:
-        x = (offset + scale * torch.randn(B, n, C, generator=gen, dtype=torch.float64)).to(dtype)
-        delta, c = _random_params(G, gen, dtype, scale)
-        case = describe({"x": x, "G": G, "axis": axis, "dtype": dtype, "seed": seed})
-        other = (axis % 3) % 2 + 1  # the other non-batch axis
-        wrong = {
-            "biased variance (divided by n); use the unbiased one, divided by n - 1 (torch.var's default)":
-                lambda: _pdf_weights(x, delta, c, axis, ddof=0),
-            f"normalised over the wrong axis ({other} instead of {axis})": lambda: _pdf_weights(x, delta, c, other),
-            "the offset was added after standardising, (z - δ); it belongs to the mean, (x - (m + δ)) / s, so it enters as δ / s":
-                lambda: _pdf_weights(x, delta, c, axis, offset_in_z=True),
-            "the G Gaussian pdfs were summed (a mixture); this exercise multiplies them (the current reference code)":
-                lambda: _pdf_weights(x, delta, c, axis, mixture=True),
-            "the G Gaussians exp(-y²/(2c²)) were summed (an earlier version's mixture); this exercise multiplies them":
-                lambda: _pdf_weights(x, delta, c, axis, mixture="kernel"),
-            "c was used as a variance, exp(-y²/(2c)); c is a scale, exp(-y²/(2c²))":
-                lambda: _pdf_weights(x, delta, c, axis, c_is_var=True),
-        }
-        expect_close(fn(x.clone(), delta.clone(), c.clone(), axis=axis), _pdf_weights(x, delta, c, axis),
-                     what=f"weights for {case}", wrong=wrong,
-                     hint="standardise each column with its own mean and unbiased variance along `axis`, "
-                          "add the log-densities of the G Gaussians, softmax along `axis`")
-        # the anchors, checked on their own so that the message names them
-        shifted = fn(x + _column_shift(x, axis, gen), delta.clone(), c.clone(), axis=axis)
-        expect_close(shifted, _pdf_weights(x, delta, c, axis), what=f"weights after adding a constant along the axis ({case})",
-                     hint="adding the same number to a whole column must not change its weights, whatever δ is")
-    # a column of one element: torch's unbiased var is NaN there; the weight must be 1
-    x = torch.randn(3, 1, 4, generator=gen, dtype=torch.float64)
-    delta, c = _random_params(2, gen, torch.float64)
-    expect_close(fn(x.clone(), delta, c, axis=1), torch.ones_like(x), what="weights for n = 1 (one element per column)",
-                 hint="with one element the unbiased variance is 0/0: guard it so the single weight is 1")
+        with case():
+            x = (offset + scale * torch.randn(B, n, C, generator=gen, dtype=torch.float64)).to(dtype)
+            delta, c = _random_params(G, gen, dtype, scale)
+            case_text = describe({"x": x, "G": G, "axis": axis, "dtype": dtype})
+            expect_close(
+                fn(x.clone(), delta.clone(), c.clone(), axis=axis),
+                _pdf_weights(x, delta, c, axis),
+                what=f"weights for {case_text}",
+                hint="standardise each column with its own mean and unbiased variance along `axis`, "
+                "add the log-densities of the G Gaussians, softmax along `axis`",
+            )
+            # the anchors, checked on their own so that the message names them
+            shifted = fn(x + _column_shift(x, axis, gen), delta.clone(), c.clone(), axis=axis)
+            expect_close(
+                shifted,
+                _pdf_weights(x, delta, c, axis),
+                what=f"weights after adding a constant along the axis ({case_text})",
+                hint="adding the same number to a whole column must not change its weights, whatever δ is",
+            )
+    with case():  # a column of one element: torch's unbiased var is NaN there; the weight must be 1
+        x = torch.randn(3, 1, 4, generator=gen, dtype=torch.float64)
+        delta, c = _random_params(2, gen, torch.float64)
+        expect_close(
+            fn(x.clone(), delta, c, axis=1),
+            torch.ones_like(x),
+            what="weights for n = 1 (one element per column)",
+            hint="a single weight along the axis must be 1",
+        )
 
 
-def _reference_multi_head(x, deltas, cs, axis):
-    """Explicit loop over heads: head h owns n // H elements, the last one the remainder."""
-    n, H = x.shape[axis], deltas.shape[0]
-    size = n // H
-    pieces = []
-    for h in range(H):
-        stop = (h + 1) * size if h < H - 1 else n
-        chunk = x.narrow(axis, h * size, stop - h * size)
-        pieces.append(chunk * _pdf_weights(chunk, deltas[h], cs[h], axis))
-    return torch.cat(pieces, dim=axis)
+@mistake(
+    "ch03.gaam_weights",
+    "biased variance (divided by n); use the unbiased one, divided by n - 1 (torch.var's default)",
+)
+def weights_biased_variance(x, delta, c, axis=1, eps=1e-8):
+    return _pdf_weights(x, delta, c, axis, eps, ddof=0)
 
 
-def _split_variant(x, deltas, cs, axis, sizes):
+@mistake(
+    "ch03.gaam_weights",
+    "normalised over the wrong axis: standardise and softmax along `axis`, not along the "
+    "other non-batch axis",
+)
+def weights_wrong_axis(x, delta, c, axis=1, eps=1e-8):
+    return _pdf_weights(x, delta, c, 2 if axis % x.ndim == 1 else 1, eps)
+
+
+@mistake(
+    "ch03.gaam_weights",
+    "the offset was added after standardising, (z - δ); it belongs to the mean, "
+    "(x - (m + δ)) / s, so it enters as δ / s",
+)
+def weights_offset_not_divided_by_s(x, delta, c, axis=1, eps=1e-8):
+    return _pdf_weights(x, delta, c, axis, eps, offset_in_z=True)
+
+
+@mistake(
+    "ch03.gaam_weights",
+    "the G Gaussian pdfs were summed (a mixture); this exercise multiplies them (the current reference code)",
+)
+def weights_mixture_of_pdfs(x, delta, c, axis=1, eps=1e-8):
+    return _pdf_weights(x, delta, c, axis, eps, mixture=True)
+
+
+@mistake(
+    "ch03.gaam_weights",
+    "the G Gaussians exp(-y²/(2c²)) were summed (an earlier version's mixture); this "
+    "exercise multiplies them",
+)
+def weights_mixture_instead_of_product(x, delta, c, axis=1, eps=1e-8):
+    return _pdf_weights(x, delta, c, axis, eps, mixture="kernel")
+
+
+@mistake("ch03.gaam_weights", "c was used as a variance, exp(-y²/(2c)); c is a scale, exp(-y²/(2c²))")
+def weights_c_as_variance(x, delta, c, axis=1, eps=1e-8):
+    return _pdf_weights(x, delta, c, axis, eps, c_is_var=True)
+
+
+@mistake(
+    "ch03.gaam_weights",
+    "only the first Gaussian was used; the weights multiply all G of them (add their log-densities)",
+)
+def weights_first_gaussian_only(x, delta, c, axis=1, eps=1e-8):
+    return _pdf_weights(x, delta[:1], c[:1], axis, eps)
+
+
+@mistake(
+    "ch03.gaam_weights",
+    "with one element along the axis the unbiased variance is 0/0 = NaN; guard it "
+    "(use variance 0) so that the single weight is 1",
+)
+def weights_no_single_element_guard(x, delta, c, axis=1, eps=1e-8):
+    mean = x.mean(dim=axis, keepdim=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = torch.sqrt(x.var(dim=axis, keepdim=True) + eps)  # NaN when n = 1
+    return torch.softmax(
+        sum(-(((x - (mean + d)) / s) ** 2) / (2 * cg**2) for d, cg in zip(delta, c)), dim=axis
+    )
+
+
+@mistake(
+    "ch03.gaam_weights",
+    "the pdfs were multiplied as numbers and underflowed to 0 (weights 0 instead of 1); "
+    "add the log-densities and take a softmax along the axis",
+)
+def weights_pdf_product_underflows(x, delta, c, axis=1, eps=1e-8):
+    # the reference code's literal form, pdf product / clamp(sum, eps)
+    n = x.shape[axis]
+    mean = x.mean(dim=axis, keepdim=True)
+    s = torch.sqrt((x.var(dim=axis, keepdim=True) if n > 1 else torch.zeros_like(mean)) + eps)
+    dens = torch.ones_like(x)
+    for d, cg in zip(delta, c):
+        y = (x - (mean + d)) / s
+        dens = dens * torch.exp(-(y**2) / (2 * cg**2)) / torch.sqrt(2 * math.pi * cg**2)
+    return dens / dens.sum(dim=axis, keepdim=True).clamp(min=eps)
+
+
+# ---------------------------------------------------------------------------------------------
+def _chunked(x, deltas, cs, axis, sizes):
+    """x ⊙ a where head h normalises the next sizes[h] elements along the axis."""
     pieces, start = [], 0
     for h, size in enumerate(sizes):
         chunk = x.narrow(axis, start, size)
         pieces.append(chunk * _pdf_weights(chunk, deltas[h], cs[h], axis))
         start += size
     return torch.cat(pieces, dim=axis)
+
+
+def _head_sizes(n, H):
+    """n // H elements per head, the last head the remainder."""
+    return [n // H] * (H - 1) + [n - (H - 1) * (n // H)]
 
 
 def _global_variant(x, deltas, cs, axis, *, global_stats, global_softmax):
@@ -140,8 +223,15 @@ def _global_variant(x, deltas, cs, axis, *, global_stats, global_softmax):
             m, s = m_all, s_all
         else:
             m = chunk.mean(dim=axis, keepdim=True)
-            s = torch.sqrt(chunk.var(dim=axis, keepdim=True) + 1e-8)
-        logits.append(sum(-((chunk - (m + d)) / s) ** 2 / (2 * cg ** 2) for d, cg in zip(deltas[h].tolist(), cs[h].tolist())))
+            with warnings.catch_warnings():  # a one-element chunk: var is NaN, as the mistake makes it
+                warnings.simplefilter("ignore")
+                s = torch.sqrt(chunk.var(dim=axis, keepdim=True) + 1e-8)
+        logits.append(
+            sum(
+                -(((chunk - (m + d)) / s) ** 2) / (2 * cg**2)
+                for d, cg in zip(deltas[h].tolist(), cs[h].tolist())
+            )
+        )
     if global_softmax:
         a = torch.softmax(torch.cat(logits, dim=axis), dim=axis)
     else:
@@ -162,95 +252,243 @@ HEAD_CASES = [
 @task("ch03.multi_head_gaam", points=2)
 def check_multi_head_gaam(fn):
     """x ⊙ a where head h normalises its own contiguous chunk of the axis (last chunk: the remainder)."""
-    gen, seed = fresh_generator()
+    gen, _ = fresh_generator()
     for B, n, C, H, G, axis, dtype in HEAD_CASES:
-        x = (1.0 + 2.0 * torch.randn(B, n, C, generator=gen, dtype=torch.float64)).to(dtype)
-        params = [_random_params(G, gen, dtype, 2.0) for _ in range(H)]
-        deltas, cs = torch.stack([p[0] for p in params]), torch.stack([p[1] for p in params])
-        size, ceil = n // H, -(-n // H)
-        case = describe({"x": x, "H": H, "G": G, "axis": axis, "dtype": dtype, "seed": seed})
-        wrong = {
-            "torch.chunk-style heads (chunks of ceil(n / H)); the reference gives every head n // H and the last one the remainder":
-                lambda: _split_variant(x, deltas, cs, axis, [min(ceil, n - h * ceil) for h in range(-(-n // ceil))]),
-            "the remainder went to the first heads (np.array_split); it belongs to the LAST head":
-                lambda: _split_variant(x, deltas, cs, axis, [size + (h < n % H) for h in range(H)]),
-            "the mean and variance were taken over the whole axis; each head uses its own chunk's statistics":
-                lambda: _global_variant(x, deltas, cs, axis, global_stats=True, global_softmax=False),
-            "one softmax over the whole axis; each head's chunk must sum to 1 on its own":
-                lambda: _global_variant(x, deltas, cs, axis, global_stats=False, global_softmax=True),
-            "the residual x was added; return only the gated part x ⊙ a":
-                lambda: x + _reference_multi_head(x, deltas, cs, axis),
-            "every head used head 0's parameters":
-                lambda: _reference_multi_head(x, deltas[:1].expand(H, G), cs[:1].expand(H, G), axis),
-        }
-        expect_close(fn(x.clone(), deltas.clone(), cs.clone(), axis=axis), _reference_multi_head(x, deltas, cs, axis),
-                     what=f"output for {case}", wrong=wrong,
-                     hint="heads split the NORMALISATION axis into contiguous chunks (not the feature axis); "
-                          "each chunk is standardised and softmaxed on its own")
+        with case():
+            x = (1.0 + 2.0 * torch.randn(B, n, C, generator=gen, dtype=torch.float64)).to(dtype)
+            params = [_random_params(G, gen, dtype, 2.0) for _ in range(H)]
+            deltas, cs = torch.stack([p[0] for p in params]), torch.stack([p[1] for p in params])
+            case_text = describe({"x": x, "H": H, "G": G, "axis": axis, "dtype": dtype})
+            # reference: an explicit loop over the heads
+            ref = _chunked(x, deltas, cs, axis, _head_sizes(x.shape[axis], H))
+            expect_close(
+                fn(x.clone(), deltas.clone(), cs.clone(), axis=axis),
+                ref,
+                what=f"output for {case_text}",
+                hint="heads split the NORMALISATION axis into contiguous chunks (not the feature axis); "
+                "each chunk is standardised and softmaxed on its own",
+            )
 
 
+@mistake(
+    "ch03.multi_head_gaam",
+    "torch.chunk-style heads (chunks of ceil(n / H)); the reference gives every head "
+    "n // H and the last one the remainder",
+)
+def multi_torch_chunk(x, deltas, cs, axis=1, eps=1e-8):
+    n, ceil = x.shape[axis], -(-x.shape[axis] // deltas.shape[0])
+    return _chunked(x, deltas, cs, axis, [min(ceil, n - h * ceil) for h in range(-(-n // ceil))])
+
+
+@mistake(
+    "ch03.multi_head_gaam",
+    "the last n % H elements were dropped; the LAST head takes the remainder, so the output keeps x's shape",
+)
+def multi_drops_remainder(x, deltas, cs, axis=1, eps=1e-8):
+    n, H = x.shape[axis], deltas.shape[0]
+    return _chunked(x, deltas, cs, axis, [n // H] * H)
+
+
+@mistake(
+    "ch03.multi_head_gaam",
+    "the remainder went to the first heads (np.array_split); it belongs to the LAST head",
+)
+def multi_remainder_to_first_heads(x, deltas, cs, axis=1, eps=1e-8):
+    n, H = x.shape[axis], deltas.shape[0]
+    return _chunked(x, deltas, cs, axis, [n // H + (h < n % H) for h in range(H)])
+
+
+@mistake(
+    "ch03.multi_head_gaam",
+    "the mean and variance were taken over the whole axis; each head uses its own chunk's statistics",
+)
+def multi_global_statistics(x, deltas, cs, axis=1, eps=1e-8):
+    return _global_variant(x, deltas, cs, axis, global_stats=True, global_softmax=False)
+
+
+@mistake(
+    "ch03.multi_head_gaam", "one softmax over the whole axis; each head's chunk must sum to 1 on its own"
+)
+def multi_global_softmax(x, deltas, cs, axis=1, eps=1e-8):
+    return _global_variant(x, deltas, cs, axis, global_stats=False, global_softmax=True)
+
+
+@mistake(
+    "ch03.multi_head_gaam",
+    "the heads split the feature axis; they split the normalisation axis `axis` into contiguous chunks",
+)
+def multi_split_features(x, deltas, cs, axis=1, eps=1e-8):
+    feat = 2 if axis % x.ndim == 1 else 1
+    n, H = x.shape[feat], deltas.shape[0]
+    size, pieces = max(n // H, 1), []
+    for h in range(H):
+        start = min(h * size, n - 1)
+        length = size if h < H - 1 else n - start
+        ch = x.narrow(feat, start, length)
+        pieces.append(ch * _pdf_weights(ch, deltas[h], cs[h], axis))
+    return torch.cat(pieces, dim=feat)[tuple(slice(0, s) for s in x.shape)]
+
+
+@mistake("ch03.multi_head_gaam", "the residual x was added; return only the gated part x ⊙ a")
+def multi_with_residual(x, deltas, cs, axis=1, eps=1e-8):
+    return x + _chunked(x, deltas, cs, axis, _head_sizes(x.shape[axis], deltas.shape[0]))
+
+
+@mistake("ch03.multi_head_gaam", "every head used head 0's parameters")
+def multi_shared_parameters(x, deltas, cs, axis=1, eps=1e-8):
+    H = deltas.shape[0]
+    return _chunked(
+        x, deltas[:1].expand_as(deltas), cs[:1].expand_as(cs), axis, _head_sizes(x.shape[axis], H)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 def _collapse_reference(delta, c):
     d, cc = delta.double(), c.double()
-    c_eff_sq = 1.0 / (1.0 / cc ** 2).sum()
-    return (c_eff_sq * (d / cc ** 2).sum()).to(delta.dtype), torch.sqrt(c_eff_sq).to(delta.dtype)
+    c_eff_sq = 1.0 / (1.0 / cc**2).sum()
+    return (c_eff_sq * (d / cc**2).sum()).to(delta.dtype), torch.sqrt(c_eff_sq).to(delta.dtype)
 
 
 @task("ch03.collapse_product", points=2)
 def check_collapse_product(fn):
     """A product of Gaussians is one Gaussian: 1/c² = Σ 1/c_g², δ = c² Σ δ_g / c_g²."""
-    gen, seed = fresh_generator()
-    for G, dtype, negative in [(1, torch.float64, False), (2, torch.float64, False), (3, torch.float32, True),
-                               (5, torch.float64, False), (4, torch.float32, False)]:
-        delta, c = _random_params(G, gen, dtype, 2.0)
-        if negative:
-            c = c * torch.tensor([-1.0] + [1.0] * (G - 1), dtype=dtype)  # only c² matters
-        case = describe({"G": G, "dtype": dtype, "negative c": negative, "seed": seed})
-        returned = fn(delta.clone(), c.clone())
-        if not isinstance(returned, tuple) or len(returned) != 2:
-            raise CheckFailed(f"return a tuple (delta_eff, c_eff); got {type(returned).__name__} for {case}")
-        d_eff, c_eff = returned
-        ref_d, ref_c = _collapse_reference(delta, c)
-        d64, c64 = delta.double(), c.double()
-        wrong_c = {
-            "the scales were combined, 1/c = Σ 1/c_g; it is the PRECISIONS that add, 1/c² = Σ 1/c_g²":
-                lambda: (1 / (1 / c64.abs()).sum()).to(dtype),
-            "the variances were added, c² = Σ c_g²: that is the rule for a sum of random variables, not a product of densities":
-                lambda: torch.sqrt((c64 ** 2).sum()).to(dtype),
-        }
-        expect_close(c_eff, ref_c, what=f"c_eff for {case}", wrong=wrong_c,
-                     hint="return the positive scale c_eff with 1 / c_eff² = Σ_g 1 / c_g²")
-        wrong_d = {
-            "δ_eff is the plain mean of the δ_g; weight each by its precision 1/c_g²": lambda: d64.mean().to(dtype),
-            "Σ δ_g / c_g² was not multiplied by c_eff²": lambda: (d64 / c64 ** 2).sum().to(dtype),
-        }
-        expect_close(d_eff, ref_d, what=f"delta_eff for {case}", wrong=wrong_d,
-                     hint="δ_eff = c_eff² Σ_g δ_g / c_g², the precision-weighted mean of the offsets")
-        # the point of the exercise: the weights agree on an input
-        x = 3 * torch.randn(2, 9, 4, generator=gen, dtype=torch.float64)
-        expect_close(_pdf_weights(x, d_eff.reshape(1).double(), c_eff.reshape(1).double(), 1),
-                     _pdf_weights(x, delta.double(), c.double(), 1), what=f"GAAM weights of your single Gaussian ({case})",
-                     atol=1e-4 if dtype == torch.float32 else None, rtol=1e-3 if dtype == torch.float32 else None)
+    gen, _ = fresh_generator()
+    for G, dtype, negative in [
+        (1, torch.float64, False),
+        (2, torch.float64, False),
+        (3, torch.float32, True),
+        (5, torch.float64, False),
+        (4, torch.float32, False),
+    ]:
+        with case():
+            delta, c = _random_params(G, gen, dtype, 2.0)
+            if negative:
+                c = c * torch.tensor([-1.0] + [1.0] * (G - 1), dtype=dtype)  # only c² matters
+            case_text = describe({"G": G, "dtype": dtype, "negative c": negative})
+            d_eff, c_eff = expect_tuple(fn(delta.clone(), c.clone()), ("delta_eff", "c_eff"), case_text)
+            ref_d, ref_c = _collapse_reference(delta, c)
+            expect_close(
+                c_eff,
+                ref_c,
+                what=f"c_eff for {case_text}",
+                hint="return the positive scale c_eff with 1 / c_eff² = Σ_g 1 / c_g²",
+            )
+            expect_close(
+                d_eff,
+                ref_d,
+                what=f"delta_eff for {case_text}",
+                hint="δ_eff = c_eff² Σ_g δ_g / c_g², the precision-weighted mean of the offsets",
+            )
+            # the point of the exercise: the weights agree on an input
+            x = 3 * torch.randn(2, 9, 4, generator=gen, dtype=torch.float64)
+            loose = dtype == torch.float32
+            expect_close(
+                _pdf_weights(x, d_eff.reshape(1).double(), c_eff.reshape(1).double(), 1),
+                _pdf_weights(x, delta.double(), c.double(), 1),
+                what=f"GAAM weights of your single Gaussian ({case_text})",
+                atol=1e-4 if loose else None,
+                rtol=1e-3 if loose else None,
+            )
 
 
+@mistake(
+    "ch03.collapse_product",
+    "the scales were combined, 1/c = Σ 1/c_g; it is the PRECISIONS that add, 1/c² = Σ 1/c_g²",
+)
+def collapse_scales_not_squared(delta, c):
+    c_eff = 1 / (1 / c.abs()).sum()
+    return c_eff**2 * (delta / c**2).sum(), c_eff
+
+
+@mistake(
+    "ch03.collapse_product",
+    "the variances were added, c² = Σ c_g²: that is the rule for a sum of random "
+    "variables, not a product of densities",
+)
+def collapse_variances_add(delta, c):
+    c_eff_sq = (c**2).sum()
+    return c_eff_sq * (delta / c**2).sum(), torch.sqrt(c_eff_sq)
+
+
+def _precision_sum(delta, c, *, offset=None, sign=False):
+    c_eff_sq = 1 / (1 / c**2).sum()
+    delta_eff = c_eff_sq * (delta / c**2).sum() if offset is None else offset(c_eff_sq)
+    return delta_eff, torch.sqrt(c_eff_sq) * (torch.sign(c.prod()) if sign else 1)
+
+
+@mistake("ch03.collapse_product", "δ_eff is the plain mean of the δ_g; weight each by its precision 1/c_g²")
+def collapse_plain_mean_offset(delta, c):
+    return _precision_sum(delta, c, offset=lambda c_eff_sq: delta.mean())
+
+
+@mistake("ch03.collapse_product", "Σ δ_g / c_g² was not multiplied by c_eff²")
+def collapse_forgets_c_eff_sq(delta, c):
+    return _precision_sum(delta, c, offset=lambda c_eff_sq: (delta / c**2).sum())
+
+
+@mistake(
+    "ch03.collapse_product",
+    "c_eff came out negative (the signs of the c_g leaked in); only c² matters: return the positive scale",
+)
+def collapse_negative_scale(delta, c):
+    return _precision_sum(delta, c, sign=True)
+
+
+# ---------------------------------------------------------------------------------------------
 @task("ch03.importance_factor", points=1)
 def check_importance_factor(fn):
     """Mean weight over the samples, min-max scaled to [0, 1] over the whole (n, C) map."""
-    gen, seed = fresh_generator()
-    for S, n, C, dtype in [(5, 8, 3, torch.float64), (1, 4, 6, torch.float32), (7, 5, 5, torch.float64), (3, 9, 2, torch.float32)]:
-        A = torch.softmax(2 * torch.randn(S, n, C, generator=gen, dtype=torch.float64), dim=1).to(dtype)
-        mean = A.double().mean(0)
-        ref = ((mean - mean.min()) / (mean.max() - mean.min())).to(dtype)
-        per_column = (mean - mean.min(0).values) / (mean.max(0).values - mean.min(0).values)
-        per_sample = ((A.double() - A.double().amin((1, 2), keepdim=True))
-                      / (A.double().amax((1, 2), keepdim=True) - A.double().amin((1, 2), keepdim=True))).mean(0)
-        wrong = {
-            "scaled per column (over n only); the min and max are over the whole (n, C) map": lambda: per_column.to(dtype),
-            "each sample was min-max scaled before averaging; average first": lambda: per_sample.to(dtype),
-            "divided by the maximum without subtracting the minimum": lambda: (mean / mean.max()).to(dtype),
-        }
-        case = describe({"A": A, "dtype": dtype, "seed": seed})
-        expect_close(fn(A.clone()), ref, what=f"importance factor for {case}", wrong=wrong,
-                     hint="IF = (ā - min ā) / (max ā - min ā) with ā = A.mean(0)")
-    flat = torch.full((4, 6, 3), 1 / 6, dtype=torch.float64)
-    expect_close(fn(flat.clone()), torch.zeros(6, 3, dtype=torch.float64), what="importance factor of constant weights",
-                 hint="when every mean weight is equal, max - min = 0: return zeros, not NaN")
+    gen, _ = fresh_generator()
+    for S, n, C, dtype in [
+        (5, 8, 3, torch.float64),
+        (1, 4, 6, torch.float32),
+        (7, 5, 5, torch.float64),
+        (3, 9, 2, torch.float32),
+    ]:
+        with case():
+            A = torch.softmax(2 * torch.randn(S, n, C, generator=gen, dtype=torch.float64), dim=1).to(dtype)
+            mean = A.double().mean(0)
+            ref = ((mean - mean.min()) / (mean.max() - mean.min())).to(dtype)
+            expect_close(
+                fn(A.clone()),
+                ref,
+                what=f"importance factor for {describe({'A': A, 'dtype': dtype})}",
+                hint="IF = (ā - min ā) / (max ā - min ā) with ā = A.mean(0)",
+            )
+    with case():
+        flat = torch.full((4, 6, 3), 1 / 6, dtype=torch.float64)
+        expect_close(
+            fn(flat.clone()),
+            torch.zeros(6, 3, dtype=torch.float64),
+            what="importance factor of constant weights",
+            hint="when every mean weight is equal, return zeros",
+        )
+
+
+@mistake(
+    "ch03.importance_factor", "scaled per column (over n only); the min and max are over the whole (n, C) map"
+)
+def if_per_column(A):
+    mean = A.mean(0)
+    return (mean - mean.min(0).values) / (mean.max(0).values - mean.min(0).values)
+
+
+@mistake("ch03.importance_factor", "each sample was min-max scaled before averaging; average first")
+def if_scale_before_average(A):
+    low, high = A.amin((1, 2), keepdim=True), A.amax((1, 2), keepdim=True)
+    return ((A - low) / (high - low)).mean(0)
+
+
+@mistake("ch03.importance_factor", "divided by the maximum without subtracting the minimum")
+def if_no_min(A):
+    mean = A.mean(0)
+    return mean / mean.max()
+
+
+@mistake(
+    "ch03.importance_factor",
+    "constant weights give max - min = 0, and 0/0 = NaN: return zeros when every mean weight is equal",
+)
+def if_nan_on_constant(A):
+    mean = A.mean(0)
+    return (mean - mean.min()) / (mean.max() - mean.min())
