@@ -1,4 +1,5 @@
 """attnbook: a runnable textbook on multi-head attention."""
+
 import os
 
 # Idle OpenMP threads sleep instead of spinning. The book's models are tiny, and spinning

@@ -216,10 +216,17 @@ class MultiHeadAttention(nn.Module):
         self.w_k = nn.Linear(D, D, bias=bias)
         self.w_v = nn.Linear(D, D, bias=bias)
         self.w_o = nn.Linear(D, D, bias=bias)
-        for name, fn in (("qk_transform", qk_transform), ("score_mod", score_mod), ("mask_mod", mask_mod),
-                         ("head_gate", head_gate), ("value_transform", value_transform)):
+        for name, fn in (
+            ("qk_transform", qk_transform),
+            ("score_mod", score_mod),
+            ("mask_mod", mask_mod),
+            ("head_gate", head_gate),
+            ("value_transform", value_transform),
+        ):
             if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable (a function or an nn.Module), got {type(fn).__name__}")
+                raise TypeError(
+                    f"{name} must be callable (a function or an nn.Module), got {type(fn).__name__}"
+                )
         # Modules among these register as submodules, so their parameters train with the layer.
         self.qk_transform = qk_transform
         self.score_mod = score_mod
@@ -233,12 +240,16 @@ class MultiHeadAttention(nn.Module):
         if x.shape[-1] != self.D:
             raise ValueError(f"x must have shape (B, N, D={self.D}), got {tuple(x.shape)}")
         if context.shape[-1] != self.D or context.shape[0] != x.shape[0]:
-            raise ValueError(f"context must have shape (B={x.shape[0]}, M, D={self.D}), got {tuple(context.shape)}")
+            raise ValueError(
+                f"context must have shape (B={x.shape[0]}, M, D={self.D}), got {tuple(context.shape)}"
+            )
         weight = self.w_q.weight
         for name, t in (("x", x), ("context", context)):
             if t.dtype != weight.dtype:
-                raise TypeError(f"{name} is {t.dtype} but the layer's weights are {weight.dtype}: "
-                                f"convert one of them (layer.to({t.dtype}) or {name}.to({weight.dtype}))")
+                raise TypeError(
+                    f"{name} is {t.dtype} but the layer's weights are {weight.dtype}: "
+                    f"convert one of them (layer.to({t.dtype}) or {name}.to({weight.dtype}))"
+                )
             if t.device != weight.device:
                 raise ValueError(f"{name} is on {t.device} but the layer's weights are on {weight.device}")
 
@@ -246,10 +257,14 @@ class MultiHeadAttention(nn.Module):
         if key_padding_mask is None:
             return None
         if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
-            raise TypeError("key_padding_mask must be a boolean tensor (True = real token), got "
-                            f"{getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}")
+            raise TypeError(
+                "key_padding_mask must be a boolean tensor (True = real token), got "
+                f"{getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}"
+            )
         if key_padding_mask.shape != (B, M):
-            raise ValueError(f"key_padding_mask must have shape (B={B}, M={M}), got {tuple(key_padding_mask.shape)}")
+            raise ValueError(
+                f"key_padding_mask must have shape (B={B}, M={M}), got {tuple(key_padding_mask.shape)}"
+            )
         return key_padding_mask[:, None, None, :]  # (B, 1, 1, M)
 
     def forward(
@@ -301,7 +316,9 @@ class MultiHeadAttention(nn.Module):
             gates = self.head_gate(x)  # (B, N, H)
             if not isinstance(gates, Tensor) or gates.shape != (B, N, self.H):
                 got = tuple(gates.shape) if isinstance(gates, Tensor) else type(gates).__name__
-                raise ValueError(f"head_gate must return gates of shape (B={B}, N={N}, H={self.H}), got {got}")
+                raise ValueError(
+                    f"head_gate must return gates of shape (B={B}, N={N}, H={self.H}), got {got}"
+                )
             # g_h · A_h V_h, per query token
             heads = heads * gates.transpose(1, 2)[..., None]  # (B, H, N, d)
         # out = Σ_h (g_h A_h V_h) W_O^h + b_O, with W_O^h the h-th (d, D) block of W_O

@@ -85,21 +85,42 @@ def box(
     note: str = "",
 ) -> Anchors:
     """A rounded box with its lower-left corner at ``xy``; ``note`` is small text under it."""
-    ax.add_patch(FancyBboxPatch(xy, w, h, boxstyle="round,pad=0.02,rounding_size=0.15", fc=color, ec=edge, lw=1))
+    ax.add_patch(
+        FancyBboxPatch(xy, w, h, boxstyle="round,pad=0.02,rounding_size=0.15", fc=color, ec=edge, lw=1)
+    )
     if text:
         ax.text(xy[0] + w / 2, xy[1] + h / 2, text, ha="center", va="center", fontsize=fontsize)
     if note:
-        ax.text(xy[0] + w / 2, xy[1] - 0.15, note, ha="center", va="top", fontsize=fontsize - 2, color="#4a5568")
+        ax.text(
+            xy[0] + w / 2, xy[1] - 0.15, note, ha="center", va="top", fontsize=fontsize - 2, color="#4a5568"
+        )
     return Anchors(xy[0], xy[1], w, h)
 
 
 def arrow(
-    ax: Axes, start: tuple[float, float], end: tuple[float, float], text: str = "", *, color: str = "#4a5568",
-    fontsize: float = 8, rad: float = 0.0,
+    ax: Axes,
+    start: tuple[float, float],
+    end: tuple[float, float],
+    text: str = "",
+    *,
+    color: str = "#4a5568",
+    fontsize: float = 8,
+    rad: float = 0.0,
 ) -> None:
     """An arrow from ``start`` to ``end``, optionally labelled at its middle (``rad`` bends it)."""
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, color=color, lw=1,
-                                 connectionstyle=f"arc3,rad={rad}", shrinkA=2, shrinkB=2))
+    ax.add_patch(
+        FancyArrowPatch(
+            start,
+            end,
+            arrowstyle="-|>",
+            mutation_scale=10,
+            color=color,
+            lw=1,
+            connectionstyle=f"arc3,rad={rad}",
+            shrinkA=2,
+            shrinkB=2,
+        )
+    )
     if text:
         mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
         ax.text(mx, my + 0.12, text, ha="center", va="bottom", fontsize=fontsize, color=color)
@@ -128,8 +149,16 @@ def tensor(
     for r in range(rows):
         for c in range(cols):
             color = colors[r][c] if colors is not None else None
-            ax.add_patch(Rectangle((x0 + c * cell, y0 + (rows - 1 - r) * cell), cell, cell,
-                                   fc=color or fill, ec="white", lw=0.8))
+            ax.add_patch(
+                Rectangle(
+                    (x0 + c * cell, y0 + (rows - 1 - r) * cell),
+                    cell,
+                    cell,
+                    fc=color or fill,
+                    ec="white",
+                    lw=0.8,
+                )
+            )
     if label:
         ax.text(x0 + cols * cell / 2, y0 - 0.12, label, ha="center", va="top", fontsize=fontsize)
     return Anchors(x0, y0, cols * cell, rows * cell)
@@ -161,8 +190,15 @@ def mha_dataflow(H: int = 3) -> Figure:
     heads = []
     for h in range(H):
         y = 5.2 - 2.2 * h
-        b = box(ax, (9.3, y + 0.05), 4.1, 1.2, f"head {h}:  $A_{h} = \\mathrm{{softmax}}(Q_{h} K_{h}^T/\\sqrt{{d}})$",
-                color=HEAD_COLORS[h % len(HEAD_COLORS)] + "33", fontsize=8)
+        b = box(
+            ax,
+            (9.3, y + 0.05),
+            4.1,
+            1.2,
+            f"head {h}:  $A_{h} = \\mathrm{{softmax}}(Q_{h} K_{h}^T/\\sqrt{{d}})$",
+            color=HEAD_COLORS[h % len(HEAD_COLORS)] + "33",
+            fontsize=8,
+        )
         for t in outs:
             arrow(ax, t.right, b.left, color=HEAD_COLORS[h % len(HEAD_COLORS)])
         heads.append(b)
@@ -181,9 +217,14 @@ def split_heads_figure(D: int = 8, H: int = 4, N: int = 3) -> Figure:
         raise ValueError(f"D={D} must be divisible by H={H}")
     d = D // H
     cell = 0.4
-    fig, ax = canvas(4 + D * cell + H * (d * cell + 0.6), N * cell + 2.2,
-                     title=f"split_heads: (N, D) = ({N}, {D}) → (H, N, d) = ({H}, {N}, {d})")
-    src = tensor(ax, (0.3, 1.0), N, D, cell=cell, colors=_head_colored(N, D, H), label="(N, D): columns by head")
+    fig, ax = canvas(
+        4 + D * cell + H * (d * cell + 0.6),
+        N * cell + 2.2,
+        title=f"split_heads: (N, D) = ({N}, {D}) → (H, N, d) = ({H}, {N}, {d})",
+    )
+    src = tensor(
+        ax, (0.3, 1.0), N, D, cell=cell, colors=_head_colored(N, D, H), label="(N, D): columns by head"
+    )
     x = src.right[0] + 2.2
     arrow(ax, src.right, (x - 0.2, src.right[1]), "view (N, H, d)\ntranspose")
     for h in range(H):

@@ -40,7 +40,9 @@ def _sizes(N: object, M: object) -> tuple[int, int]:
     N = require_int(N, "N", minimum=1)
     M = N if M is None else require_int(M, "M", minimum=1)
     if M < N:
-        raise ValueError(f"the queries are the last N of the M key positions, so M >= N is needed; got N={N}, M={M}")
+        raise ValueError(
+            f"the queries are the last N of the M key positions, so M >= N is needed; got N={N}, M={M}"
+        )
     return N, M
 
 
@@ -115,12 +117,22 @@ def dilated_mask(
 
 
 def block_mask(
-    N: int, M: int | None = None, *, block: int, causal: bool = False, device: torch.device | str | None = None
+    N: int,
+    M: int | None = None,
+    *,
+    block: int,
+    causal: bool = False,
+    device: torch.device | str | None = None,
 ) -> Tensor:
-    r"""Block-diagonal (N, M): query i sees key j when ⌊p_i / block⌋ = ⌊j / block⌋ (and j <= p_i if causal)."""
+    r"""Block-diagonal (N, M): query i sees key j when ⌊p_i / block⌋ = ⌊j / block⌋.
+
+    With ``causal`` also j <= p_i.
+    """
     block = require_int(block, "block", minimum=1)
     N, M = _sizes(N, M)
-    same = (query_positions(N, M, device=device)[:, None] // block) == (torch.arange(M, device=device)[None, :] // block)
+    same = (query_positions(N, M, device=device)[:, None] // block) == (
+        torch.arange(M, device=device)[None, :] // block
+    )
     return same & causal_mask(N, M, device=device) if causal else same
 
 
@@ -136,7 +148,9 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
     try:
         shape = torch.broadcast_shapes(*(m.shape for m in present))
     except RuntimeError:
-        raise ValueError(f"masks of shapes {[tuple(m.shape) for m in present]} do not broadcast together") from None
+        raise ValueError(
+            f"masks of shapes {[tuple(m.shape) for m in present]} do not broadcast together"
+        ) from None
     for i, m in enumerate(present):
         check_mask(m, shape, f"mask {i}")
     if all(m.dtype == torch.bool for m in present):
@@ -147,7 +161,11 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
     dtype = next(m.dtype for m in present if m.is_floating_point())
     out = None
     for m in present:
-        add = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, float("-inf")) if m.dtype == torch.bool else m.to(dtype)
+        add = (
+            torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, float("-inf"))
+            if m.dtype == torch.bool
+            else m.to(dtype)
+        )
         out = add if out is None else out + add
     return out
 

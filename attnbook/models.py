@@ -116,7 +116,9 @@ class TinyTransformer(nn.Module):
             ``nn.Embedding(config.vocab, config.D)`` of integer token ids (B, N).
     """
 
-    def __init__(self, config: ModelConfig, attn: AttentionFactory | None = None, embed: nn.Module | None = None):
+    def __init__(
+        self, config: ModelConfig, attn: AttentionFactory | None = None, embed: nn.Module | None = None
+    ):
         super().__init__()
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")

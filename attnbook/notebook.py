@@ -1,4 +1,5 @@
 """Set-up shared by every chapter notebook: seeds, threads and figure resolution."""
+
 from __future__ import annotations
 
 import os

@@ -1,8 +1,9 @@
 """One small, seeded training loop with a progress bar, shared by every chapter."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn

@@ -68,7 +68,9 @@ def require_tensor(
         want = shape or f"at least {min_ndim} dimensions"
         raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
     if floating and not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
+        raise TypeError(
+            f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}"
+        )
     return x
 
 
@@ -81,7 +83,9 @@ def require_same_dtype_device(**tensors: Tensor | None) -> None:
     for name, t in named[1:]:
         if t.dtype != first.dtype:
             listing = ", ".join(f"{n} {str(u.dtype).replace('torch.', '')}" for n, u in named)
-            raise TypeError(f"{first_name} and {name} must share one dtype, got {listing}; convert with .to(dtype)")
+            raise TypeError(
+                f"{first_name} and {name} must share one dtype, got {listing}; convert with .to(dtype)"
+            )
         if t.device != first.device:
             listing = ", ".join(f"{n} on {u.device}" for n, u in named)
             raise ValueError(f"{first_name} and {name} must be on one device, got {listing}")
@@ -92,7 +96,12 @@ def require_int(value: object, name: str, *, minimum: int | None = None) -> int:
 
     Returns it as a Python int. ``causal_mask(3.5)`` is a TypeError, not a 4×4 mask.
     """
-    if isinstance(value, Tensor) and value.ndim == 0 and not value.is_floating_point() and value.dtype != torch.bool:
+    if (
+        isinstance(value, Tensor)
+        and value.ndim == 0
+        and not value.is_floating_point()
+        and value.dtype != torch.bool
+    ):
         value = int(value.item())
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
@@ -113,7 +122,8 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     require_same_dtype_device(q=q, k=k, v=v)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
-            f"q and k must share their last (head-width) dimension d: q is {tuple(q.shape)}, k is {tuple(k.shape)}"
+            "q and k must share their last (head-width) dimension d: "
+            f"q is {tuple(q.shape)}, k is {tuple(k.shape)}"
         )
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(

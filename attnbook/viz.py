@@ -1,7 +1,8 @@
 """Plots the chapters share: per-head attention grids, heatmaps and training curves."""
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,15 +18,27 @@ def _numpy(x) -> np.ndarray:
     return x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
 
 
-def plot_heatmap(matrix, ax, *, title: str = "", cmap: str = "viridis", vmin=None, vmax=None,
-                 xlabels: Sequence[str] | None = None, ylabels: Sequence[str] | None = None,
-                 colorbar: bool = False, annotate: bool = False):
+def plot_heatmap(
+    matrix,
+    ax,
+    *,
+    title: str = "",
+    cmap: str = "viridis",
+    vmin=None,
+    vmax=None,
+    xlabels: Sequence[str] | None = None,
+    ylabels: Sequence[str] | None = None,
+    colorbar: bool = False,
+    annotate: bool = False,
+):
     """Draw one (rows, cols) matrix on ``ax``; optional tick labels and value annotations."""
     data = _numpy(matrix)
     image = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     ax.set_title(title, fontsize=9)
-    for labels, set_ticks, set_labels, n in ((xlabels, ax.set_xticks, ax.set_xticklabels, data.shape[1]),
-                                              (ylabels, ax.set_yticks, ax.set_yticklabels, data.shape[0])):
+    for labels, set_ticks, set_labels, n in (
+        (xlabels, ax.set_xticks, ax.set_xticklabels, data.shape[1]),
+        (ylabels, ax.set_yticks, ax.set_yticklabels, data.shape[0]),
+    ):
         if labels is not None:
             set_ticks(range(n))
             set_labels(labels, fontsize=7)
@@ -78,8 +91,16 @@ def plot_attention_heads(
             ax.axis("off")
             continue
         title = titles[h] if titles is not None else f"head {h}"
-        plot_heatmap(w[h], ax, title=title, cmap=cmap, vmin=0, vmax=1,
-                     xlabels=key_labels, ylabels=query_labels if h % cols == 0 else None)
+        plot_heatmap(
+            w[h],
+            ax,
+            title=title,
+            cmap=cmap,
+            vmin=0,
+            vmax=1,
+            xlabels=key_labels,
+            ylabels=query_labels if h % cols == 0 else None,
+        )
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
@@ -107,7 +128,7 @@ def plot_curves(
         if smooth > 1 and len(y) >= smooth:
             kernel = np.ones(smooth) / smooth
             y = np.convolve(y, kernel, mode="valid")
-            x = x[smooth - 1:]
+            x = x[smooth - 1 :]
         ax.plot(x, y, label=label, marker="o" if len(x) < 20 else None, ms=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

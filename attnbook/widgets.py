@@ -8,11 +8,12 @@ matplotlib figure from the current control values, and the controls. The result
   GitHub) still shows what the widget shows when it opens;
 - has a ``.figure(**values)`` method, so the chapter can save or assert on any state.
 """
+
 from __future__ import annotations
 
 import base64
 import io
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -31,14 +32,22 @@ def _png(fig: Figure, dpi: int = 90) -> bytes:
 class Explorer:
     """A live explorer: controls above an image redrawn by ``render(**values)``."""
 
-    def __init__(self, render: Callable[..., Figure], controls: Mapping[str, widgets.ValueWidget], title: str = ""):
+    def __init__(
+        self, render: Callable[..., Figure], controls: Mapping[str, widgets.ValueWidget], title: str = ""
+    ):
         self.render = render
         self.controls = dict(controls)
         self.image = widgets.Image(format="png")
         for control in self.controls.values():
             control.observe(lambda change: self.redraw(), names="value")
         header = [widgets.HTML(f"<b>{title}</b>")] if title else []
-        self.box = widgets.VBox(header + [widgets.HBox(list(self.controls.values()), layout=widgets.Layout(flex_flow="row wrap")), self.image])
+        self.box = widgets.VBox(
+            header
+            + [
+                widgets.HBox(list(self.controls.values()), layout=widgets.Layout(flex_flow="row wrap")),
+                self.image,
+            ]
+        )
         self.redraw()
 
     @property

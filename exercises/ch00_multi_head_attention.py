@@ -8,11 +8,13 @@ or, in a notebook, ``check("ch00.<function name>", your_function)`` from attnboo
 Use only torch; do not call torch.nn.functional.scaled_dot_product_attention or
 torch.nn.MultiheadAttention (the grader compares you with them).
 """
-import torch
+
 from torch import Tensor
 
 
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Scaled dot-product attention, returning the output and the weights.
 
     Args:

@@ -8,6 +8,7 @@ or, in a notebook, ``check("ch01.<function name>", your_function)`` from attnboo
 Use only torch. Notation: a query x_0 ∈ R^d, N keys x_1 ... x_N ∈ R^d, the augmented vectors
 x~ = [x; 1] ∈ R^{d+1}, and M heads with frozen query-key matrices W_m ∈ R^{(d+1)×(d+1)}.
 """
+
 import torch
 from torch import Tensor
 

@@ -8,11 +8,14 @@ or, in a notebook, ``check("ch02.<function name>", your_function)`` from attnboo
 Use only torch. Notation: d covariates, tokens of width D = d + 1, L context examples,
 H heads, B prompts.
 """
+
 import torch
 from torch import Tensor
 
 
-def icl_batch(B: int, L: int, d: int, sigma2: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def icl_batch(
+    B: int, L: int, d: int, sigma2: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
     """Draw B in-context regression prompts, float32, all randomness from ``generator``.
 
     For each prompt independently:

@@ -7,7 +7,7 @@ Fill in each function, then grade your work from the repository's root with
 or, in a notebook, ``check("ch03.<function name>", your_function)`` from attnbook.grading.
 Use only torch; do not import attnbook.mechanisms.gaussian_adaptive (it solves these).
 """
-import torch
+
 from torch import Tensor
 
 

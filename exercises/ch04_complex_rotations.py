@@ -12,7 +12,7 @@ Use only torch. Conventions of the whole chapter:
 - pos (N,) holds the positions of the N tokens (integers, not necessarily 0 ... N-1);
 - theta (d/2,) holds one frequency per pair; use it as given.
 """
-import torch
+
 from torch import Tensor
 
 
@@ -57,10 +57,13 @@ def euler_rotate(x: Tensor, pos: Tensor, theta: Tensor, delta, bias, eps: float 
     raise NotImplementedError("ch04.euler_rotate")
 
 
-def complex_scores(q: Tensor, k: Tensor, pos: Tensor, theta: Tensor, delta, bias, eps: float = 1e-12) -> Tensor:
+def complex_scores(
+    q: Tensor, k: Tensor, pos: Tensor, theta: Tensor, delta, bias, eps: float = 1e-12
+) -> Tensor:
     """Self-attention scores of the adaptive rotation, with the explicit pairwise formula.
 
-        score[m, n] = Σ_j λq[m,j] λk[n,j] cos( δ_j (φq[m,j] - φk[n,j]) + b_j + (pos[m] - pos[n]) θ_j ) / sqrt(d)
+        score[m, n] = Σ_j λq[m,j] λk[n,j]
+                      · cos( δ_j (φq[m,j] - φk[n,j]) + b_j + (pos[m] - pos[n]) θ_j ) / sqrt(d)
 
     with λ = sqrt(r² + p² + eps) and φ = atan2(p, r) of the interleaved pairs of q and k. The
     bias belongs to the query angle only.

@@ -10,6 +10,7 @@ torch.nn.functional.scaled_dot_product_attention (the grader compares you with t
 fourth is a Triton kernel: without a GPU it runs in Triton's CPU interpreter, which this file
 switches on before it imports triton (the interpreter is chosen when @triton.jit runs).
 """
+
 import math
 import os
 
@@ -30,7 +31,9 @@ except ImportError:  # the torch tasks still work; the Triton task reports that 
     triton, tl, HAVE_TRITON = SimpleNamespace(jit=lambda fn: fn), SimpleNamespace(constexpr=int), False
 
 
-def online_softmax_update(m: Tensor, l: Tensor, acc: Tensor, s_block: Tensor, v_block: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def online_softmax_update(
+    m: Tensor, l: Tensor, acc: Tensor, s_block: Tensor, v_block: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """Fold one block of scores and values into the running online-softmax state.
 
     Args:
@@ -67,7 +70,9 @@ def blocked_attention(q: Tensor, k: Tensor, v: Tensor, block: int) -> tuple[Tens
     raise NotImplementedError("ch29.blocked_attention")
 
 
-def attention_backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, do: Tensor, lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def attention_backward(
+    q: Tensor, k: Tensor, v: Tensor, o: Tensor, do: Tensor, lse: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of out = softmax(q kᵀ / sqrt(d)) v, from the forward's output and log-sum-exp.
 
     Args:
@@ -84,8 +89,9 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, do: Tensor, l
 
 
 @triton.jit
-def attention_forward_block_kernel(Q, K, V, O, L, N, M, scale,
-                                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+def attention_forward_block_kernel(
+    Q, K, V, O, L, N, M, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr
+):
     # One program computes BLOCK_M query rows of one (batch, head): program_id(0) is the query
     # block, program_id(1) = b * H + h. The tensors are contiguous float32:
     #   Q, O: (B*H, N, D), element (bh, i, c) at  bh*N*D + i*D + c
@@ -99,7 +105,9 @@ def attention_forward_block_kernel(Q, K, V, O, L, N, M, scale,
     pass  # your kernel here
 
 
-def triton_attention_forward(q: Tensor, k: Tensor, v: Tensor, block_m: int = 16, block_n: int = 16) -> tuple[Tensor, Tensor]:
+def triton_attention_forward(
+    q: Tensor, k: Tensor, v: Tensor, block_m: int = 16, block_n: int = 16
+) -> tuple[Tensor, Tensor]:
     """Launch attention_forward_block_kernel: non-causal softmax attention, one query block per program.
 
     Args:
@@ -118,9 +126,10 @@ def triton_attention_forward(q: Tensor, k: Tensor, v: Tensor, block_m: int = 16,
     B, H, N, d = q.shape
     M = k.shape[2]
     q, k, v = (t.contiguous().float() for t in (q, k, v))
-    out = torch.empty_like(q)                                        # (B, H, N, d)
+    out = torch.empty_like(q)  # (B, H, N, d)
     lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(N, block_m), B * H)                          # one program per (query block, b·h)
-    attention_forward_block_kernel[grid](q, k, v, out, lse, N, M, 1.0 / math.sqrt(d),
-                                         BLOCK_M=block_m, BLOCK_N=block_n, D=d)
+    grid = (triton.cdiv(N, block_m), B * H)  # one program per (query block, b·h)
+    attention_forward_block_kernel[grid](
+        q, k, v, out, lse, N, M, 1.0 / math.sqrt(d), BLOCK_M=block_m, BLOCK_N=block_n, D=d
+    )
     return out, lse

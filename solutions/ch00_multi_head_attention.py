@@ -1,11 +1,14 @@
 """Chapter 00 solutions: multi-head attention from scratch."""
+
 import math
 
 import torch
 from torch import Tensor
 
 
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     # S = Q K^T / sqrt(d)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., N, M)
     if mask is not None:

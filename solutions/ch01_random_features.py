@@ -1,4 +1,5 @@
 """Chapter 01 solutions: random-feature attention (frozen random QK, trained V)."""
+
 import torch
 from torch import Tensor
 

@@ -1,11 +1,14 @@
 """Chapter 02 solutions: in-context linear regression with multi-head softmax attention."""
+
 import math
 
 import torch
 from torch import Tensor
 
 
-def icl_batch(B: int, L: int, d: int, sigma2: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def icl_batch(
+    B: int, L: int, d: int, sigma2: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
     """Draw B in-context regression prompts (see the exercise file for the full statement)."""
     beta = torch.randn(B, d, generator=generator) / math.sqrt(d)  # β ~ N(0, I/d)
     x = torch.randn(B, L + 1, d, generator=generator)  # the L context covariates and x_q

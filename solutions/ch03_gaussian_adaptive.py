@@ -1,4 +1,5 @@
 """Chapter 03 solutions: Gaussian adaptive attention (GAAM)."""
+
 import torch
 from torch import Tensor
 
@@ -12,7 +13,7 @@ def gaam_weights(x: Tensor, delta: Tensor, c: Tensor, axis: int = 1, eps: float 
     # ℓ = Σ_g -((x - (m + δ_g)) / s)² / (2 c_g²): the offset joins the mean before dividing by s
     logits = torch.zeros_like(x)
     for d, cg in zip(delta, c):
-        logits = logits - ((x - (mean + d)) / scale) ** 2 / (2 * cg ** 2)
+        logits = logits - ((x - (mean + d)) / scale) ** 2 / (2 * cg**2)
     # product of pdfs / its sum == softmax of the summed log-densities (the constants cancel)
     return torch.softmax(logits, dim=axis)
 
@@ -30,9 +31,9 @@ def multi_head_gaam(x: Tensor, deltas: Tensor, cs: Tensor, axis: int = 1, eps: f
 
 def collapse_product(delta: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     # precisions add: 1 / c_eff² = Σ_g 1 / c_g²
-    c_eff_sq = 1 / (1 / c ** 2).sum()
+    c_eff_sq = 1 / (1 / c**2).sum()
     # the precision-weighted mean of the offsets
-    delta_eff = c_eff_sq * (delta / c ** 2).sum()
+    delta_eff = c_eff_sq * (delta / c**2).sum()
     return delta_eff, torch.sqrt(c_eff_sq)
 
 

@@ -1,4 +1,5 @@
 """Chapter 04 solutions: RoPE as a complex rotation, and adaptive (Euler) rotations."""
+
 import math
 
 import torch
@@ -7,7 +8,9 @@ from torch import Tensor
 
 def _pairs(x: Tensor) -> tuple[Tensor, Tensor]:
     if x.shape[-1] % 2:
-        raise ValueError(f"the last dimension of x must be even (pairs of coordinates), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"the last dimension of x must be even (pairs of coordinates), got shape {tuple(x.shape)}"
+        )
     return x[..., 0::2], x[..., 1::2]  # interleaved: (2j, 2j+1)
 
 
@@ -36,7 +39,9 @@ def euler_rotate(x: Tensor, pos: Tensor, theta: Tensor, delta, bias, eps: float 
     return _interleave(lam * torch.cos(angle), lam * torch.sin(angle)).to(x.dtype)
 
 
-def complex_scores(q: Tensor, k: Tensor, pos: Tensor, theta: Tensor, delta, bias, eps: float = 1e-12) -> Tensor:
+def complex_scores(
+    q: Tensor, k: Tensor, pos: Tensor, theta: Tensor, delta, bias, eps: float = 1e-12
+) -> Tensor:
     rq, pq = _pairs(q)
     rk, pk = _pairs(k)
     lq, fq = torch.sqrt(rq * rq + pq * pq + eps), torch.atan2(pq, rq)  # (..., N, d/2)

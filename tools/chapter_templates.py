@@ -5,6 +5,7 @@ refuses the marker in a chapter whose status is "written". The example exercise 
 and one declared mistake) is a complete, working instance of the grader's form, so the
 draft's exercise tests run from the first day.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -14,8 +15,13 @@ MARKER = "SCAFFOLD"
 
 def _fill(template: str, ch, task: str) -> str:
     summary = textwrap.fill(f"The mechanism: {ch.mechanism} ({ch.paper}).", width=96)
-    return (template.replace("@NN@", ch.number).replace("@NAME@", ch.name).replace("@TITLE@", ch.title)
-            .replace("@TASK@", task).replace("@SUMMARY@", summary))
+    return (
+        template.replace("@NN@", ch.number)
+        .replace("@NAME@", ch.name)
+        .replace("@TITLE@", ch.title)
+        .replace("@TASK@", task)
+        .replace("@SUMMARY@", summary)
+    )
 
 
 # --- attnbook/mechanisms/<name>.py ---------------------------------------------------------
@@ -244,104 +250,132 @@ def notebook_cells(ch, task: str) -> list[tuple[str, str, list[str]]]:
     code = lambda text, tags=(): ("code", text, list(tags))
     mechanism_import = f"from attnbook.mechanisms import {name} as mechanism\n" if ch.has_mechanism else ""
     return [
-        md(f"# {nn} · {ch.title}\n\n"
-           f"**The question.** SCAFFOLD: the question the mechanism answers, in two or three sentences.\n\n"
-           f"**The paper.** {ch.paper}{_cite(ch)}: {ch.mechanism}.\n"
-           "SCAFFOLD: what it claims, in one sentence, and what this chapter reproduces in miniature.\n\n"
-           ":::{admonition} You will learn · you need\n:class: tip\n"
-           "**You will learn** SCAFFOLD: three or four outcomes.\n\n"
-           "**You need** chapter 00 (the notation and the sum-over-heads form). SCAFFOLD: other chapters.\n"
-           ":::\n\n"
-           "**New symbols** (the book-wide table is `book/notation.md`; a symbol of that table never\n"
-           "means something else here):\n\n"
-           "| symbol | meaning | shape |\n|---|---|---|\n| SCAFFOLD | | |"),
-        code("import matplotlib.pyplot as plt\nimport torch\nimport torch.nn.functional as F\n\n"
-             "from attnbook.attention import scaled_dot_product_attention\n"
-             f"{mechanism_import}"
-             "from attnbook.masks import causal_mask\nfrom attnbook.notebook import setup\n"
-             "from attnbook.viz import plot_heatmap\n\n"
-             "device = setup(seed=0)"),
-        md("## 1 · Derivation\n\n"
-           "Start from chapter 00: $S = QK^\\top/\\sqrt d$, $A = \\mathrm{softmax}(S)$ over the keys,\n"
-           "$\\mathrm{MHA}(X) = \\sum_h A_h V_h W_O^h$. SCAFFOLD: change one thing at a time, in LaTeX,\n"
-           "until the mechanism stands; every step checkable by the reader. A result taken from\n"
-           "elsewhere is cited and marked as not derived here. Interpretations the paper leaves open\n"
-           "go in a side box:\n\n"
-           ":::{note} The book's reading\n"
-           "SCAFFOLD: where the paper is silent, what this chapter assumes.\n:::\n\n"
-           "SCAFFOLD: a schematic figure, drawn by code (data flow, shapes, tiles or masks)."),
-        code("# SCAFFOLD: draw the mechanism's schematic; until then, the causal mask of chapter 00\n"
-             "fig, ax = plt.subplots(figsize=(2.6, 2.6))\n"
-             "plot_heatmap(causal_mask(4, 6), ax, title=\"causal mask (N=4, M=6)\", vmin=0, vmax=1)\n"
-             "ax.set_xlabel(\"key\")\nax.set_ylabel(\"query\")\nplt.show()"),
-        md("## 2 · Implementation\n\n"
-           "SCAFFOLD: build the mechanism in small cells, then call the library version and assert\n"
-           "that both agree. The cell below shows the pattern on plain attention."),
-        code("# NBVAL_CHECK_OUTPUT\n"
-             "g = torch.Generator().manual_seed(0)\n"
-             "# queries, keys and values (B, H, N, d)\n"
-             "q, k, v = (torch.randn(2, 4, 6, 8, generator=g, dtype=torch.float64) for _ in range(3))\n"
-             "# S = Q K^T / sqrt(d), A = softmax(S) over the keys, out = A V\n"
-             "scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5          # (B, H, N, N)\n"
-             "by_hand = torch.softmax(scores, dim=-1) @ v                      # (B, H, N, d)\n"
-             "library, _ = scaled_dot_product_attention(q, k, v)\n"
-             "error = (by_hand - library).abs().max().item()\n"
-             "assert error < 1e-12, error\n"
-             "print(f\"cells vs library, max error < 1e-12: {error < 1e-12}\")"),
-        md("## 3 · Correctness anchor\n\n"
-           "SCAFFOLD: a limit case, an invariance or an equivalence with an independent reference,\n"
-           "asserted (e.g. the mechanism switched off is plain attention). The cell below shows the\n"
-           "pattern: the library against PyTorch's own attention."),
-        code("# NBVAL_CHECK_OUTPUT\n"
-             "reference = F.scaled_dot_product_attention(q, k, v, is_causal=True)\n"
-             "ours, _ = scaled_dot_product_attention(q, k, v, causal=True)\n"
-             "error = (ours - reference).abs().max().item()\n"
-             "assert error < 1e-12, error\n"
-             "print(f\"library vs torch, causal, max error < 1e-12: {error < 1e-12}\")"),
-        md("## 4 · Miniature experiment\n\n"
-           "SCAFFOLD: the chapter's question as a controlled comparison: the mechanism against its\n"
-           "ablation or plain attention at matched size, over at least 3 seeds, reported as mean and\n"
-           "spread, with an assertion that the effect is larger than the spread (one a broken\n"
-           "mechanism would fail). Quote the paper's headline numbers for context, and claim exactly\n"
-           "what the outputs show."),
-        code("SEEDS = (0, 1, 2)\n\n\n"
-             "def run(seed: int) -> dict[str, float]:\n"
-             "    \"\"\"One seed of the comparison: {variant: metric}.\n\n"
-             "    SCAFFOLD: train the mechanism and its ablation at matched size (attnbook.train, a task\n"
-             "    from attnbook.tasks) and return e.g. their test accuracies.\n"
-             "    \"\"\"\n"
-             "    return {}\n\n\n"
-             "results = [run(seed) for seed in SEEDS]\n"
-             "for variant in sorted({name for r in results for name in r}):\n"
-             "    values = torch.tensor([r[variant] for r in results])\n"
-             "    print(f\"{variant}: {values.mean():.3f} ± {values.std():.3f} over {len(SEEDS)} seeds\")\n"
-             "# SCAFFOLD: assert that the effect is larger than the spread, e.g.\n"
-             "# gap = torch.tensor([r[\"mechanism\"] - r[\"baseline\"] for r in results])\n"
-             "# assert gap.mean() > 2 * gap.std(), gap"),
+        md(
+            f"# {nn} · {ch.title}\n\n"
+            f"**The question.** SCAFFOLD: the question the mechanism answers, in two or three sentences.\n\n"
+            f"**The paper.** {ch.paper}{_cite(ch)}: {ch.mechanism}.\n"
+            "SCAFFOLD: what it claims, in one sentence, and what this chapter reproduces in miniature.\n\n"
+            ":::{admonition} You will learn · you need\n:class: tip\n"
+            "**You will learn** SCAFFOLD: three or four outcomes.\n\n"
+            "**You need** chapter 00 (the notation and the sum-over-heads form). SCAFFOLD: other chapters.\n"
+            ":::\n\n"
+            "**New symbols** (the book-wide table is `book/notation.md`; a symbol of that table never\n"
+            "means something else here):\n\n"
+            "| symbol | meaning | shape |\n|---|---|---|\n| SCAFFOLD | | |"
+        ),
+        code(
+            "import matplotlib.pyplot as plt\nimport torch\nimport torch.nn.functional as F\n\n"
+            "from attnbook.attention import scaled_dot_product_attention\n"
+            f"{mechanism_import}"
+            "from attnbook.masks import causal_mask\nfrom attnbook.notebook import setup\n"
+            "from attnbook.viz import plot_heatmap\n\n"
+            "device = setup(seed=0)"
+        ),
+        md(
+            "## 1 · Derivation\n\n"
+            "Start from chapter 00: $S = QK^\\top/\\sqrt d$, $A = \\mathrm{softmax}(S)$ over the keys,\n"
+            "$\\mathrm{MHA}(X) = \\sum_h A_h V_h W_O^h$. SCAFFOLD: change one thing at a time, in LaTeX,\n"
+            "until the mechanism stands; every step checkable by the reader. A result taken from\n"
+            "elsewhere is cited and marked as not derived here. Interpretations the paper leaves open\n"
+            "go in a side box:\n\n"
+            ":::{note} The book's reading\n"
+            "SCAFFOLD: where the paper is silent, what this chapter assumes.\n:::\n\n"
+            "SCAFFOLD: a schematic figure, drawn by code (data flow, shapes, tiles or masks)."
+        ),
+        code(
+            "# SCAFFOLD: draw the mechanism's schematic; until then, the causal mask of chapter 00\n"
+            "fig, ax = plt.subplots(figsize=(2.6, 2.6))\n"
+            'plot_heatmap(causal_mask(4, 6), ax, title="causal mask (N=4, M=6)", vmin=0, vmax=1)\n'
+            'ax.set_xlabel("key")\nax.set_ylabel("query")\nplt.show()'
+        ),
+        md(
+            "## 2 · Implementation\n\n"
+            "SCAFFOLD: build the mechanism in small cells, then call the library version and assert\n"
+            "that both agree. The cell below shows the pattern on plain attention."
+        ),
+        code(
+            "# NBVAL_CHECK_OUTPUT\n"
+            "g = torch.Generator().manual_seed(0)\n"
+            "# queries, keys and values (B, H, N, d)\n"
+            "q, k, v = (torch.randn(2, 4, 6, 8, generator=g, dtype=torch.float64) for _ in range(3))\n"
+            "# S = Q K^T / sqrt(d), A = softmax(S) over the keys, out = A V\n"
+            "scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5          # (B, H, N, N)\n"
+            "by_hand = torch.softmax(scores, dim=-1) @ v                      # (B, H, N, d)\n"
+            "library, _ = scaled_dot_product_attention(q, k, v)\n"
+            "error = (by_hand - library).abs().max().item()\n"
+            "assert error < 1e-12, error\n"
+            'print(f"cells vs library, max error < 1e-12: {error < 1e-12}")'
+        ),
+        md(
+            "## 3 · Correctness anchor\n\n"
+            "SCAFFOLD: a limit case, an invariance or an equivalence with an independent reference,\n"
+            "asserted (e.g. the mechanism switched off is plain attention). The cell below shows the\n"
+            "pattern: the library against PyTorch's own attention."
+        ),
+        code(
+            "# NBVAL_CHECK_OUTPUT\n"
+            "reference = F.scaled_dot_product_attention(q, k, v, is_causal=True)\n"
+            "ours, _ = scaled_dot_product_attention(q, k, v, causal=True)\n"
+            "error = (ours - reference).abs().max().item()\n"
+            "assert error < 1e-12, error\n"
+            'print(f"library vs torch, causal, max error < 1e-12: {error < 1e-12}")'
+        ),
+        md(
+            "## 4 · Miniature experiment\n\n"
+            "SCAFFOLD: the chapter's question as a controlled comparison: the mechanism against its\n"
+            "ablation or plain attention at matched size, over at least 3 seeds, reported as mean and\n"
+            "spread, with an assertion that the effect is larger than the spread (one a broken\n"
+            "mechanism would fail). Quote the paper's headline numbers for context, and claim exactly\n"
+            "what the outputs show."
+        ),
+        code(
+            "SEEDS = (0, 1, 2)\n\n\n"
+            "def run(seed: int) -> dict[str, float]:\n"
+            '    """One seed of the comparison: {variant: metric}.\n\n'
+            "    SCAFFOLD: train the mechanism and its ablation at matched size (attnbook.train, a task\n"
+            "    from attnbook.tasks) and return e.g. their test accuracies.\n"
+            '    """\n'
+            "    return {}\n\n\n"
+            "results = [run(seed) for seed in SEEDS]\n"
+            "for variant in sorted({name for r in results for name in r}):\n"
+            "    values = torch.tensor([r[variant] for r in results])\n"
+            '    print(f"{variant}: {values.mean():.3f} ± {values.std():.3f} over {len(SEEDS)} seeds")\n'
+            "# SCAFFOLD: assert that the effect is larger than the spread, e.g.\n"
+            '# gap = torch.tensor([r["mechanism"] - r["baseline"] for r in results])\n'
+            "# assert gap.mean() > 2 * gap.std(), gap"
+        ),
         md("## 5 · Explore\n\nSCAFFOLD: what the controls change and what to look for."),
-        code("import ipywidgets as widgets\n\nfrom attnbook.widgets import explorer\n\n\n"
-             "def render(causal):\n"
-             "    # SCAFFOLD: draw what the mechanism changes (scores, weights, per-head terms)\n"
-             "    _, weights = scaled_dot_product_attention(q[:1, :1], k[:1, :1], v[:1, :1], causal=causal)\n"
-             "    fig, ax = plt.subplots(figsize=(2.6, 2.6))\n"
-             "    plot_heatmap(weights[0, 0], ax, title=\"weights\", vmin=0, vmax=1)\n"
-             "    return fig\n\n\n"
-             "explorer(render, title=\"SCAFFOLD explorer\",\n"
-             "         causal=widgets.Checkbox(value=False, description=\"causal\"))",
-             tags=("nbval-ignore-output",)),
-        md("## 6 · Exercises\n\n"
-           f"Implement, in `exercises/ch{nn}_{name}.py`:\n\n"
-           "| task | difficulty | time | what |\n|---|---|---|---|\n"
-           f"| `ch{nn}.{task}` | ★ | 10 min | SCAFFOLD: the example task; at least 4 tasks, ★ to ★★★, one "
-           "substantive, one experiment that returns a measured quantity |\n\n"
-           f"Grade everything from the repository's root with `attnbook grade {nn}`; in a notebook,\n"
-           "grade a function as soon as you write it:"),
-        code("from attnbook.grading import check\n\n\n"
-             f"def my_{task}(q, k):\n"
-             "    # SCAFFOLD: a worked call of check() on a learner's function\n"
-             "    raise NotImplementedError\n\n\n"
-             f"print(check(\"ch{nn}.{task}\", my_{task}))"),
-        md("## Pitfalls\n\nSCAFFOLD: the mistakes the grader names, with why each is wrong.\n\n"
-           "## Summary\n\nSCAFFOLD: what the chapter showed, in the words of its outputs."),
+        code(
+            "import ipywidgets as widgets\n\nfrom attnbook.widgets import explorer\n\n\n"
+            "def render(causal):\n"
+            "    # SCAFFOLD: draw what the mechanism changes (scores, weights, per-head terms)\n"
+            "    _, weights = scaled_dot_product_attention(q[:1, :1], k[:1, :1], v[:1, :1], causal=causal)\n"
+            "    fig, ax = plt.subplots(figsize=(2.6, 2.6))\n"
+            '    plot_heatmap(weights[0, 0], ax, title="weights", vmin=0, vmax=1)\n'
+            "    return fig\n\n\n"
+            'explorer(render, title="SCAFFOLD explorer",\n'
+            '         causal=widgets.Checkbox(value=False, description="causal"))',
+            tags=("nbval-ignore-output",),
+        ),
+        md(
+            "## 6 · Exercises\n\n"
+            f"Implement, in `exercises/ch{nn}_{name}.py`:\n\n"
+            "| task | difficulty | time | what |\n|---|---|---|---|\n"
+            f"| `ch{nn}.{task}` | ★ | 10 min | SCAFFOLD: the example task; at least 4 tasks, ★ to ★★★, one "
+            "substantive, one experiment that returns a measured quantity |\n\n"
+            f"Grade everything from the repository's root with `attnbook grade {nn}`; in a notebook,\n"
+            "grade a function as soon as you write it:"
+        ),
+        code(
+            "from attnbook.grading import check\n\n\n"
+            f"def my_{task}(q, k):\n"
+            "    # SCAFFOLD: a worked call of check() on a learner's function\n"
+            "    raise NotImplementedError\n\n\n"
+            f'print(check("ch{nn}.{task}", my_{task}))'
+        ),
+        md(
+            "## Pitfalls\n\nSCAFFOLD: the mistakes the grader names, with why each is wrong.\n\n"
+            "## Summary\n\nSCAFFOLD: what the chapter showed, in the words of its outputs."
+        ),
         md("## References\n\n```{bibliography}\n:filter: docname in docnames\n```"),
     ]

@@ -19,6 +19,7 @@ README's contents table and book/_toc.yml from the manifest. A planned chapter k
 entry's slug, title and paper; a number after the last chapter adds a new entry. Existing files
 are never overwritten. Every place still to write is marked SCAFFOLD.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,7 +84,7 @@ def update_manifest(text: str, ch) -> str:
         raise ScaffoldError("attnbook/chapters.py has no 'Chapter(' entries in the expected layout")
     for m in entries:
         if re.match(rf'^    Chapter\(\n\s+number="{ch.number}",', m.group(0)):
-            return text[:m.start()] + entry_source(ch) + text[m.end():]
+            return text[: m.start()] + entry_source(ch) + text[m.end() :]
     end = entries[-1].end()
     return text[:end] + entry_source(ch) + text[end:]
 
@@ -93,8 +94,9 @@ def plan_chapter(manifest, number: str, slug: str, args) -> object:
     if not re.fullmatch(r"\d\d", number):
         raise ScaffoldError(f"NN must be two digits such as 05, got {number!r}")
     if not re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", slug):
-        raise ScaffoldError(f"slug must be lowercase words joined by '-' (e.g. mixture-of-heads), "
-                            f"got {slug!r}")
+        raise ScaffoldError(
+            f"slug must be lowercase words joined by '-' (e.g. mixture-of-heads), got {slug!r}"
+        )
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", args.task):
         raise ScaffoldError(f"--task must be a Python function name, got {args.task!r}")
     chapters = {c.number: c for c in manifest.CHAPTERS}
@@ -110,21 +112,29 @@ def plan_chapter(manifest, number: str, slug: str, args) -> object:
     if number in chapters:
         old = chapters[number]
         if old.slug != slug:
-            raise ScaffoldError(f"chapter {number} is {old.slug!r} in attnbook/chapters.py; "
-                                f"use that slug, or change the manifest first")
+            raise ScaffoldError(
+                f"chapter {number} is {old.slug!r} in attnbook/chapters.py; "
+                f"use that slug, or change the manifest first"
+            )
         if old.status != "planned":
             raise ScaffoldError(f"chapter {number}-{slug} is already {old.status}: nothing to scaffold")
         return dataclasses.replace(old, **changes)
     last = max(chapters) if chapters else "-1"
     if int(number) != int(last) + 1:
-        raise ScaffoldError(f"chapter {number} is not in the manifest; a new chapter takes the next "
-                            f"number, {int(last) + 1:02d}")
+        raise ScaffoldError(
+            f"chapter {number} is not in the manifest; a new chapter takes the next "
+            f"number, {int(last) + 1:02d}"
+        )
     if any(c.slug == slug for c in chapters.values()):
         raise ScaffoldError(f"slug {slug!r} is already taken in attnbook/chapters.py")
     words = slug.replace("-", " ")
-    new = manifest.Chapter(number, slug, words[0].upper() + words[1:],
-                           mechanism=f"{chapter_templates.MARKER}: the mechanism in one line",
-                           paper=f"{chapter_templates.MARKER}: the paper")
+    new = manifest.Chapter(
+        number,
+        slug,
+        words[0].upper() + words[1:],
+        mechanism=f"{chapter_templates.MARKER}: the mechanism in one line",
+        paper=f"{chapter_templates.MARKER}: the paper",
+    )
     return dataclasses.replace(new, **changes)
 
 
@@ -136,16 +146,20 @@ def notebook_text(ch, task: str) -> str:
     reference = json.loads(HEADER_SOURCE.read_text())
     url = run_notebook.repository_url()
     header = reference["cells"][:2]
-    if "colab-badge" not in header[0]["metadata"].get("tags", []) or \
-            "install" not in header[1]["metadata"].get("tags", []):
+    if "colab-badge" not in header[0]["metadata"].get("tags", []) or "install" not in header[1][
+        "metadata"
+    ].get("tags", []):
         raise ScaffoldError(f"{HEADER_SOURCE.name} no longer starts with the badge and install cells")
     metadata = {key: reference["metadata"][key] for key in ("kernelspec", "language_info")}
     nb = nbformat.v4.new_notebook(metadata=metadata)
     cells = [
-        nbformat.v4.new_markdown_cell(run_notebook.badge_source(url, Path(ch.notebook_path)),
-                                      metadata=copy.deepcopy(header[0]["metadata"])),
-        nbformat.v4.new_code_cell(run_notebook.install_source(url),
-                                  metadata=copy.deepcopy(header[1]["metadata"])),
+        nbformat.v4.new_markdown_cell(
+            run_notebook.badge_source(url, Path(ch.notebook_path)),
+            metadata=copy.deepcopy(header[0]["metadata"]),
+        ),
+        nbformat.v4.new_code_cell(
+            run_notebook.install_source(url), metadata=copy.deepcopy(header[1]["metadata"])
+        ),
     ]
     for kind, source, tags in chapter_templates.notebook_cells(ch, task):
         make = nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_code_cell
@@ -188,16 +202,20 @@ def execute(root: Path, notebook: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("number", metavar="NN", help="the chapter number, two digits")
     parser.add_argument("slug", help="the chapter's slug, e.g. mixture-of-heads")
     parser.add_argument("--title", help="the chapter's heading (default: the manifest's)")
     parser.add_argument("--mechanism", help="the mechanism in one line (default: the manifest's)")
     parser.add_argument("--paper", help="the paper, short, as the README cites it (default: the manifest's)")
     parser.add_argument("--task", default="attention_weights", help="the example exercise's function name")
-    parser.add_argument("--no-mechanism", action="store_true",
-                        help="the chapter's code lives in the core: no mechanism module, no library test")
+    parser.add_argument(
+        "--no-mechanism",
+        action="store_true",
+        help="the chapter's code lives in the core: no mechanism module, no library test",
+    )
     parser.add_argument("--no-run", action="store_true", help="do not execute the new notebook")
     parser.add_argument("--root", type=Path, default=ROOT, help="the repository (default: this one)")
     args = parser.parse_args(argv)
@@ -219,9 +237,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {created[0]} did not run: {type(err).__name__}: {message}", file=sys.stderr)
             print("fix it, then run: python tools/run_notebook.py " + created[0], file=sys.stderr)
             return 1
-    print(f"next: write the places marked {chapter_templates.MARKER}; `attnbook grade {args.number}` "
-          "grades the stubs; to publish the chapter, set its status to \"written\" in "
-          "attnbook/chapters.py and run python tools/sync_chapters.py")
+    print(
+        f"next: write the places marked {chapter_templates.MARKER}; `attnbook grade {args.number}` "
+        'grades the stubs; to publish the chapter, set its status to "written" in '
+        "attnbook/chapters.py and run python tools/sync_chapters.py"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ from the repository address in book/_config.yml, (2) executes it top to bottom i
 folder with widget state saved, (3) strips volatile metadata, and (4) prints the run time.
 It fails if a cell raises or the run takes longer than --budget seconds (default 60).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,13 +79,20 @@ def strip_volatile(nb) -> None:
 def run(path: Path, budget: float) -> float:
     nb = nbformat.read(path, as_version=4)
     refresh_header(nb, path, repository_url())
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        store_widget_state=True,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start
     strip_volatile(nb)
-    nb.metadata.setdefault("kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"})
+    nb.metadata.setdefault(
+        "kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"}
+    )
     nbformat.write(nb, path)
     verdict = "ok" if elapsed <= budget else f"OVER the {budget:.0f} s budget"
     print(f"{path}: executed in {elapsed:.1f} s ({verdict})")
@@ -92,7 +100,9 @@ def run(path: Path, budget: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--budget", type=float, default=60.0, help="seconds a chapter may take")
     args = parser.parse_args()

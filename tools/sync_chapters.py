@@ -8,6 +8,7 @@ The manifest is attnbook/chapters.py. The table of contents lists the introducti
 manifest's FRONT_PAGES, then every *written* chapter under its part; the README lists every
 chapter with its status.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,10 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = {"written": "✅", "draft": "🚧", "planned": "⏳"}
-TOC_HEADER = ("# Generated from attnbook/chapters.py by `python tools/sync_chapters.py`: "
-              "edit the manifest, not this file.")
+TOC_HEADER = (
+    "# Generated from attnbook/chapters.py by `python tools/sync_chapters.py`: "
+    "edit the manifest, not this file."
+)
 
 
 def load_manifest(root: Path = ROOT) -> ModuleType:
@@ -116,8 +119,9 @@ def sync(root: Path = ROOT, *, write: bool = True) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="only report drift (exit 1 if any)")
     parser.add_argument("--root", type=Path, default=ROOT, help="the repository (default: this one)")
     args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ of adaptation parameters per head instead of one per layer.
 Pitfall: φ lives in (-π, π]. When a pair crosses the negative real axis, δ φ jumps by 2π δ,
 a full turn only for integer δ; for other δ the rotated vector is discontinuous in the input.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,13 @@ PAIRINGS = ("interleaved", "half")
 MODES = ("nope", "rope", "shared", "per_head")
 
 
-def rope_frequencies(d: int, base: float = 10000.0, *, dtype: torch.dtype = torch.float32,
-                     device: torch.device | str | None = None) -> Tensor:
+def rope_frequencies(
+    d: int,
+    base: float = 10000.0,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
     r"""θ_j = base^{-2j/d} for j = 0 ... d/2 - 1, shape (d/2,): fast pairs first, slow last."""
     if d < 2 or d % 2:
         raise ValueError(f"the head width d must be even and >= 2 (pairs of coordinates), got d={d}")
@@ -86,10 +92,12 @@ def split_pairs(x: Tensor, pairing: str = "interleaved") -> tuple[Tensor, Tensor
         raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
     d = x.shape[-1]
     if d % 2:
-        raise ValueError(f"the last dimension of x (head width d) must be even to form pairs, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"the last dimension of x (head width d) must be even to form pairs, got shape {tuple(x.shape)}"
+        )
     if pairing == "interleaved":
         return x[..., 0::2], x[..., 1::2]  # (..., d/2) each
-    return x[..., : d // 2], x[..., d // 2:]
+    return x[..., : d // 2], x[..., d // 2 :]
 
 
 def merge_pairs(r: Tensor, p: Tensor, pairing: str = "interleaved") -> Tensor:
@@ -105,9 +113,14 @@ def _check_rotation_args(x: Tensor, pos: Tensor, theta: Tensor, name: str = "x")
     require_tensor(x, name, min_ndim=2, floating=True, shape="(..., N, d)")
     N, d = x.shape[-2], x.shape[-1]
     if d % 2:
-        raise ValueError(f"the head width of {name} must be even (pairs of coordinates), got {name} of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"the head width of {name} must be even (pairs of coordinates), "
+            f"got {name} of shape {tuple(x.shape)}"
+        )
     if pos.shape != (N,):
-        raise ValueError(f"pos must have shape (N,) = ({N},) for {name} of shape {tuple(x.shape)}, got {tuple(pos.shape)}")
+        raise ValueError(
+            f"pos must have shape (N,) = ({N},) for {name} of shape {tuple(x.shape)}, got {tuple(pos.shape)}"
+        )
     if theta.shape != (d // 2,):
         raise ValueError(f"theta must have shape (d/2,) = ({d // 2},), got {tuple(theta.shape)}")
 
@@ -150,8 +163,16 @@ def euler_transform(x: Tensor, eps: float = 1e-12, pairing: str = "interleaved")
     return torch.sqrt(r * r + p * p + eps), torch.atan2(p, r)
 
 
-def euler_rotate(x: Tensor, pos: Tensor, theta: Tensor, delta: Tensor | float = 1.0, bias: Tensor | float = 0.0,
-                 *, eps: float = 1e-12, pairing: str = "interleaved") -> Tensor:
+def euler_rotate(
+    x: Tensor,
+    pos: Tensor,
+    theta: Tensor,
+    delta: Tensor | float = 1.0,
+    bias: Tensor | float = 0.0,
+    *,
+    eps: float = 1e-12,
+    pairing: str = "interleaved",
+) -> Tensor:
     r"""Adaptive rotation of one side (queries or keys): angle δ φ + pos θ + b, magnitude kept.
 
     Args:
@@ -175,8 +196,10 @@ def euler_rotate(x: Tensor, pos: Tensor, theta: Tensor, delta: Tensor | float = 
         try:
             torch.broadcast_shapes(t.shape, phi.shape)
         except RuntimeError:
-            raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to the pairs' shape "
-                             f"{tuple(phi.shape)} (..., N, d/2); use a float, (d/2,) or (H, 1, d/2)") from None
+            raise ValueError(
+                f"{name} of shape {tuple(t.shape)} does not broadcast to the pairs' shape "
+                f"{tuple(phi.shape)} (..., N, d/2); use a float, (d/2,) or (H, 1, d/2)"
+            ) from None
     # angle = δ φ + m θ + b
     angle = delta * phi + pos.to(work)[:, None] * theta.to(work) + bias  # (..., N, d/2)
     # x' = λ e^{i angle}
@@ -187,9 +210,18 @@ def _with_key_axis(t: Tensor) -> Tensor:
     return t if t.ndim == 0 else t.unsqueeze(-2)
 
 
-def complex_rotation_scores(q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, theta: Tensor,
-                            delta: Tensor | float = 1.0, bias: Tensor | float = 0.0, *, eps: float = 1e-12,
-                            pairing: str = "interleaved") -> Tensor:
+def complex_rotation_scores(
+    q: Tensor,
+    k: Tensor,
+    pos_q: Tensor,
+    pos_k: Tensor,
+    theta: Tensor,
+    delta: Tensor | float = 1.0,
+    bias: Tensor | float = 0.0,
+    *,
+    eps: float = 1e-12,
+    pairing: str = "interleaved",
+) -> Tensor:
     r"""The explicit pairwise formula, for checking (costs N·M·d/2 cosines):
 
     score(m, n) = Σ_j λ^q_{m,j} λ^k_{n,j} cos( δ_j (φ^q_{m,j} - φ^k_{n,j}) + b_j + (m - n) θ_j ) / sqrt(d)
@@ -209,16 +241,28 @@ def complex_rotation_scores(q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, 
     lk, fk = euler_transform(k, eps, pairing)  # (..., M, d/2)
     # (..., 1, d/2) parameters gain a key axis: (..., 1, 1, d/2), broadcasting over (N, M)
     delta, bias = (_with_key_axis(torch.as_tensor(t, dtype=work, device=q.device)) for t in (delta, bias))
-    rel = (pos_q.to(work)[:, None] - pos_k.to(work)[None, :])[..., None] * theta.to(work)  # (N, M, d/2): (m-n) θ
+    rel = (pos_q.to(work)[:, None] - pos_k.to(work)[None, :])[..., None] * theta.to(
+        work
+    )  # (N, M, d/2): (m-n) θ
     # angle = δ (φ^q_m - φ^k_n) + b + (m - n) θ, for every pair (m, n)
     angle = delta * (fq[..., :, None, :] - fk[..., None, :, :]) + bias + rel  # (..., N, M, d/2)
     scores = (lq[..., :, None, :] * lk[..., None, :, :] * torch.cos(angle)).sum(-1)  # (..., N, M)
     return (scores / math.sqrt(q.shape[-1])).to(q.dtype)
 
 
-def adaptive_rotation_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, theta: Tensor,
-                                delta: Tensor | float = 1.0, bias: Tensor | float = 0.0, *, causal: bool = False,
-                                mask: Tensor | None = None, pairing: str = "interleaved") -> tuple[Tensor, Tensor]:
+def adaptive_rotation_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pos: Tensor,
+    theta: Tensor,
+    delta: Tensor | float = 1.0,
+    bias: Tensor | float = 0.0,
+    *,
+    causal: bool = False,
+    mask: Tensor | None = None,
+    pairing: str = "interleaved",
+) -> tuple[Tensor, Tensor]:
     r"""softmax(q' k'^T / sqrt(d)) v with q' = rot(q; δ, b), k' = rot(k; δ, 0); values untouched.
 
     Self-attention: q, k, v (..., N, d) share the positions pos (N,). Returns (out, weights).
@@ -244,8 +288,15 @@ class RotaryTransform(nn.Module):
     multiplies the step size of δ and b (EulerFormer's LLaMA code scales them by 100 and 1000).
     """
 
-    def __init__(self, d: int, H: int, mode: str = "rope", base: float = 10000.0, pairing: str = "interleaved",
-                 angle_scale: float = 1.0):
+    def __init__(
+        self,
+        d: int,
+        H: int,
+        mode: str = "rope",
+        base: float = 10000.0,
+        pairing: str = "interleaved",
+        angle_scale: float = 1.0,
+    ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -281,8 +332,14 @@ class RotaryTransform(nn.Module):
         return q_rot, k_rot
 
 
-def rotary_attention(D: int, H: int, mode: str = "rope", base: float = 10000.0, pairing: str = "interleaved",
-                     angle_scale: float = 1.0) -> MultiHeadAttention:
+def rotary_attention(
+    D: int,
+    H: int,
+    mode: str = "rope",
+    base: float = 10000.0,
+    pairing: str = "interleaved",
+    angle_scale: float = 1.0,
+) -> MultiHeadAttention:
     r"""Multi-head attention whose queries and keys pass through :class:`RotaryTransform`.
 
     The rotation is the layer's ``qk_transform``; everything else is chapter 00's layer.
@@ -294,12 +351,22 @@ def rotary_attention(D: int, H: int, mode: str = "rope", base: float = 10000.0, 
     return MultiHeadAttention(D, H, qk_transform=RotaryTransform(D // H, H, mode, base, pairing, angle_scale))
 
 
-def rotary_transformer(vocab: int, n_out: int, D: int = 32, H: int = 4, layers: int = 1, mode: str = "rope",
-                       base: float = 10000.0, angle_scale: float = 1.0) -> TinyTransformer:
+def rotary_transformer(
+    vocab: int,
+    n_out: int,
+    D: int = 32,
+    H: int = 4,
+    layers: int = 1,
+    mode: str = "rope",
+    base: float = 10000.0,
+    angle_scale: float = 1.0,
+) -> TinyTransformer:
     r"""The book's causal :class:`~attnbook.models.TinyTransformer` with rotary attention.
 
     No absolute position embedding: the attention's rotation scheme (``mode``) is the only
     source of position information.
     """
     config = ModelConfig(D=D, H=H, layers=layers, vocab=vocab, n_out=n_out, causal=True)
-    return TinyTransformer(config, attn=lambda cfg: rotary_attention(cfg.D, cfg.H, mode, base, angle_scale=angle_scale))
+    return TinyTransformer(
+        config, attn=lambda cfg: rotary_attention(cfg.D, cfg.H, mode, base, angle_scale=angle_scale)
+    )

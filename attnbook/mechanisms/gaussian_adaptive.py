@@ -45,6 +45,7 @@ False a padding element that takes no part in the statistics and gets weight 0. 
 (B, n, C) with ``lengths[b]`` real elements, ``padding_mask(lengths, n)[:, :, None]``
 (:func:`attnbook.masks.padding_mask`) is such a mask.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -79,8 +80,10 @@ def _check_axis(
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-            raise TypeError(f"mask must be boolean (True = real element, False = padding), got {got}; "
-                            "convert a 0/1 mask with mask.bool()")
+            raise TypeError(
+                f"mask must be boolean (True = real element, False = padding), got {got}; "
+                "convert a 0/1 mask with mask.bool()"
+            )
         check_mask(mask, x.shape, "mask")  # broadcastable to x
         if mask.device != x.device:
             raise ValueError(f"mask is on {mask.device} but x is on {x.device}")
@@ -226,11 +229,18 @@ def multi_head_gaussian_attention(
     weights = []
     for h, (start, length) in enumerate(head_chunks(x.shape[axis], deltas.shape[0])):
         chunk = x.narrow(axis, start, length)  # (..., n_h, ...)
-        weights.append(gaussian_weights(
-            chunk, deltas[h], cs[h], axis=axis, eps=eps, standardize=standardize,
-            mixture_logits=None if mixture_logits is None else mixture_logits[h],
-            mask=None if mask is None else mask.narrow(axis, start, length),
-        ))
+        weights.append(
+            gaussian_weights(
+                chunk,
+                deltas[h],
+                cs[h],
+                axis=axis,
+                eps=eps,
+                standardize=standardize,
+                mixture_logits=None if mixture_logits is None else mixture_logits[h],
+                mask=None if mask is None else mask.narrow(axis, start, length),
+            )
+        )
     a = torch.cat(weights, dim=axis)  # (..., n, ...), each head's chunk sums to 1
     # gating, not mixing: out_i = x_i · a_i
     return x * a, a
@@ -276,8 +286,17 @@ class GaussianAdaptiveAttention(nn.Module):
         axis: the normalisation axis of the input (e.g. 1 for (B, n, C)).
     """
 
-    def __init__(self, n_heads: int, n_gaussians: int = 1, *, axis: int = 1, eps: float = 1e-8,
-                 residual: bool = True, mixture: bool = False, standardize: bool = True):
+    def __init__(
+        self,
+        n_heads: int,
+        n_gaussians: int = 1,
+        *,
+        axis: int = 1,
+        eps: float = 1e-8,
+        residual: bool = True,
+        mixture: bool = False,
+        standardize: bool = True,
+    ):
         super().__init__()
         n_heads = require_int(n_heads, "n_heads", minimum=1)
         n_gaussians = require_int(n_gaussians, "n_gaussians", minimum=1)
@@ -290,8 +309,14 @@ class GaussianAdaptiveAttention(nn.Module):
     def forward(self, x: Tensor, *, mask: Tensor | None = None, return_weights: bool = False):
         """x: any shape with the normalisation axis ``self.axis``; returns x's shape (+ weights)."""
         gated, a = multi_head_gaussian_attention(
-            x, self.delta, self.c, axis=self.axis, eps=self.eps, mixture_logits=self.mixture_logits,
-            standardize=self.standardize, mask=mask,
+            x,
+            self.delta,
+            self.c,
+            axis=self.axis,
+            eps=self.eps,
+            mixture_logits=self.mixture_logits,
+            standardize=self.standardize,
+            mask=mask,
         )
         out = x + gated if self.residual else gated
         return (out, a) if return_weights else out
@@ -300,4 +325,3 @@ class GaussianAdaptiveAttention(nn.Module):
         H, G = self.delta.shape
         form = "mixture" if self.mixture_logits is not None else "product"
         return f"heads={H}, gaussians={G}, axis={self.axis}, {form}, residual={self.residual}"
-

@@ -46,6 +46,7 @@ the paper's model has full-width heads (d_head = D, so H·D ≠ D), a scalar rea
 that does not see itself, and it is trained and read in the merged (A_h, u_h) parametrisation;
 the tests check it against masked multi-head attention of the core.
 """
+
 from __future__ import annotations
 
 import math
@@ -105,8 +106,10 @@ def _check_weights(A: Tensor, u: Tensor, D: int | None = None, **prompts: Tensor
 
 def _per_head(omega: object, mu: object, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """omega and mu as tensors of one shape (H,) (in ``dtype`` if given); tensors keep their device."""
-    omega, mu = (t.to(dtype or t.dtype) if isinstance(t, Tensor) else torch.as_tensor(t, dtype=dtype)
-                 for t in (omega, mu))
+    omega, mu = (
+        t.to(dtype or t.dtype) if isinstance(t, Tensor) else torch.as_tensor(t, dtype=dtype)
+        for t in (omega, mu)
+    )
     if omega.ndim != 1 or mu.shape != omega.shape:
         raise ValueError(f"omega and mu must both be (H,), got {tuple(omega.shape)} and {tuple(mu.shape)}")
     return omega, mu
@@ -172,8 +175,10 @@ def merge_projections(w_q: Tensor, w_k: Tensor, w_v: Tensor, w_o: Tensor) -> tup
         require_tensor(t, name, floating=True)
     require_same_dtype_device(w_q=w_q, w_k=w_k, w_v=w_v, w_o=w_o)
     if w_q.ndim != 3 or w_k.shape != w_q.shape or w_v.shape != w_q.shape:
-        raise ValueError(f"w_q, w_k, w_v must share one shape (H, D, d_head); got {tuple(w_q.shape)}, "
-                         f"{tuple(w_k.shape)}, {tuple(w_v.shape)}")
+        raise ValueError(
+            f"w_q, w_k, w_v must share one shape (H, D, d_head); got {tuple(w_q.shape)}, "
+            f"{tuple(w_k.shape)}, {tuple(w_v.shape)}"
+        )
     if w_o.shape != (w_q.shape[0], w_q.shape[2]):
         raise ValueError(
             f"w_o must have shape (H, d_head) = {(w_q.shape[0], w_q.shape[2])}, got {tuple(w_o.shape)}"
@@ -311,8 +316,15 @@ class ICLRegressor(nn.Module):
     the linear baseline with its normaliser fixed at ``train_length``.
     """
 
-    def __init__(self, d: int, H: int, *, attention: str = "softmax", train_length: int | None = None,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        d: int,
+        H: int,
+        *,
+        attention: str = "softmax",
+        train_length: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         d, H = require_int(d, "d", minimum=1), require_int(H, "H", minimum=1)
         if attention not in ("softmax", "linear"):

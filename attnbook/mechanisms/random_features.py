@@ -48,6 +48,7 @@ its M heads are not projections of one model width but full-width random bilinea
 [x; 1] with a ReLU/N weighting, read as a feature map that is linear in V and fitted in closed
 form.
 """
+
 from __future__ import annotations
 
 import math
@@ -111,9 +112,16 @@ def _device(generator: torch.Generator | None, device: torch.device | str | None
     return device if device is not None or generator is None else generator.device
 
 
-def sample_qk(heads: int, d: int, mu: float = 0.0, *, std: float = 1.0,
-              generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
-              device: torch.device | str | None = None) -> Tensor:
+def sample_qk(
+    heads: int,
+    d: int,
+    mu: float = 0.0,
+    *,
+    std: float = 1.0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
     r"""Draw M frozen query-key matrices W_m = μ · diag(I_d, 0) + std · G_m, G_m entries N(0, 1).
 
     The mean acts on the x-block only: the row and column of the constant coordinate stay
@@ -242,12 +250,19 @@ def _check_design(F: Tensor, y: Tensor, f_name: str, y_name: str) -> None:
     require_tensor(y, y_name, ndim=(1, 2), floating=True, shape=f"(n={F.shape[0]},) or (n, T)")
     require_same_dtype_device(**{f_name: F, y_name: y})
     if y.shape[0] != F.shape[0]:
-        raise ValueError(f"{y_name} must have shape (n={F.shape[0]},) or (n, T), like {f_name}'s rows; "
-                         f"got {tuple(y.shape)}")
+        raise ValueError(
+            f"{y_name} must have shape (n={F.shape[0]},) or (n, T), like {f_name}'s rows; "
+            f"got {tuple(y.shape)}"
+        )
 
 
-def ridge_validated(F_train: Tensor, y_train: Tensor, F_val: Tensor, y_val: Tensor,
-                    rel_lams=tuple(10.0 ** k for k in range(-7, 2))) -> tuple[Tensor, Tensor]:
+def ridge_validated(
+    F_train: Tensor,
+    y_train: Tensor,
+    F_val: Tensor,
+    y_val: Tensor,
+    rel_lams=tuple(10.0**k for k in range(-7, 2)),
+) -> tuple[Tensor, Tensor]:
     r"""Ridge regression with λ picked on a validation split, separately for each target column.
 
     λ runs over ``rel_lams`` times the mean eigenvalue of F_train F_train^T, ||F||² / min(n, P),
@@ -263,8 +278,10 @@ def ridge_validated(F_train: Tensor, y_train: Tensor, F_val: Tensor, y_val: Tens
     _check_design(F_val, y_val, "F_val", "y_val")
     require_same_dtype_device(F_train=F_train, F_val=F_val)
     if F_val.shape[1] != F_train.shape[1] or y_val.shape[1:] != y_train.shape[1:]:
-        raise ValueError(f"F_val {tuple(F_val.shape)} / y_val {tuple(y_val.shape)} do not match "
-                         f"F_train {tuple(F_train.shape)} / y_train {tuple(y_train.shape)}")
+        raise ValueError(
+            f"F_val {tuple(F_val.shape)} / y_val {tuple(y_val.shape)} do not match "
+            f"F_train {tuple(F_train.shape)} / y_train {tuple(y_train.shape)}"
+        )
     squeeze = y_train.ndim == 1
     Ytr = y_train.reshape(len(y_train), -1)  # (n, T)
     Yva = y_val.reshape(len(y_val), -1)  # (n_val, T)
@@ -334,8 +351,16 @@ class RandomFeatureAttention(nn.Module):
         act: "relu", "exp" or "softmax".
     """
 
-    def __init__(self, d: int, heads: int, mu: float = 0.0, act: str = "relu", *,
-                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        d: int,
+        heads: int,
+        mu: float = 0.0,
+        act: str = "relu",
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+    ):
         super().__init__()
         d, heads = require_int(d, "d", minimum=1), require_int(heads, "heads", minimum=1)
         if act not in ACTIVATIONS:

@@ -1,4 +1,5 @@
 """Synthetic tasks: every data set in the book is generated, seeded, in a few milliseconds."""
+
 from .associative_recall import RecallBatch, associative_recall
 from .drifting_layers import DriftBatch, drifting_layers
 from .linear_regression import RegressionPrompts, linear_regression_prompts
@@ -6,9 +7,14 @@ from .mixed_lookup import MixedLookupBatch, mixed_lookup
 from .permutation_invariant import SetRegression, permutation_invariant_task
 
 __all__ = [
-    "RecallBatch", "associative_recall",                      # ch. 00
-    "SetRegression", "permutation_invariant_task",            # ch. 01
-    "RegressionPrompts", "linear_regression_prompts",         # ch. 02
-    "DriftBatch", "drifting_layers",                          # ch. 03
-    "MixedLookupBatch", "mixed_lookup",                       # ch. 04
+    "RecallBatch",
+    "associative_recall",  # ch. 00
+    "SetRegression",
+    "permutation_invariant_task",  # ch. 01
+    "RegressionPrompts",
+    "linear_regression_prompts",  # ch. 02
+    "DriftBatch",
+    "drifting_layers",  # ch. 03
+    "MixedLookupBatch",
+    "mixed_lookup",  # ch. 04
 ]

@@ -4,6 +4,7 @@ Each pair is ONE token carrying both its key and its value (the model embeds bot
 them), and the last token carries only the query key. One attention layer can then solve
 the task exactly: the query matches the pair token with the same key and copies its value.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -17,6 +17,7 @@ layers: pooling everything mixes in the loud layers' larger random patterns, and
 most extreme layers picks the loud ones. Finding the middle level needs a score that is
 *not* monotone in the value — and, under drift, a notion of level relative to the sample.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -13,6 +13,7 @@ token z_q = [x_q; 0] (its label slot is zero: that is what it has to fill in).
 The prior variance 1/d makes Var(βᵀx) = 1 whatever d, so the loss scale does not depend on
 the dimension (the authors' code draws β this way; their notebook's text writes N(0, I_d)).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

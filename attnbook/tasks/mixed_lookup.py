@@ -12,6 +12,7 @@ A positional lookup needs the *relative position* of the key; a content lookup n
 the flag bit at *any* distance. Positions without an answer get the target ``IGNORE`` (-100),
 which ``torch.nn.functional.cross_entropy`` skips.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ class MixedLookupBatch:
     flag: Tensor  # (B,) int64: the flagged position
 
 
-def mixed_lookup(batch_size: int, N: int, n_symbols: int, offset: int = 3,
-                 generator: torch.Generator | None = None) -> MixedLookupBatch:
+def mixed_lookup(
+    batch_size: int, N: int, n_symbols: int, offset: int = 3, generator: torch.Generator | None = None
+) -> MixedLookupBatch:
     """Draw a batch of mixed positional/content lookups (see the module docstring)."""
     batch_size, N = require_int(batch_size, "batch_size"), require_int(N, "N")
     n_symbols, offset = require_int(n_symbols, "n_symbols"), require_int(offset, "offset")

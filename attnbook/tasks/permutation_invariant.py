@@ -18,6 +18,7 @@ E ReLU(sqrt(d) t) = sqrt(d) E|t| / 2 (:func:`relu_mean`), where t = <u, x> for i
 uniform unit vectors has E|t| = Γ(d/2) / (sqrt(π) Γ((d+1)/2)). The attention layer has no
 output bias, so a target's mean is part of what it must fit.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,9 +82,15 @@ def target_function(name: str, x0: Tensor, X: Tensor) -> Tensor:
     raise ValueError(f"target must be one of {TARGETS}, got {name!r}")
 
 
-def permutation_invariant_task(batch_size: int, target: str = "linear", *, N: int = 8, d: int = 8,
-                               generator: torch.Generator | None = None,
-                               dtype: torch.dtype = torch.float64) -> SetRegression:
+def permutation_invariant_task(
+    batch_size: int,
+    target: str = "linear",
+    *,
+    N: int = 8,
+    d: int = 8,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> SetRegression:
     """Draw ``batch_size`` examples (x_0, X, y) of one of :data:`TARGETS`.
 
     Returns :class:`SetRegression` with x0 (B, d), X (B, N, d), y (B,).

@@ -7,6 +7,7 @@ bibliography) and is stored executed without errors; its checks, exercises, solu
 and citations agree with the manifest; a written chapter carries no scaffold placeholder.
 A chapter scaffolded by tools/new_chapter.py passes it too (tested in a copy of the repository).
 """
+
 from __future__ import annotations
 
 import ast
@@ -47,13 +48,22 @@ def notebook_problems(ch, nb: dict) -> list[str]:
     cells = nb["cells"]
     sources = ["".join(c["source"]) for c in cells]
     tags = [c["metadata"].get("tags", []) for c in cells]
-    if not ("colab-badge" in tags[0] and "colab.research.google.com/github/" in sources[0]
-            and f"book/chapters/{ch.label}.ipynb" in sources[0]):
+    if not (
+        "colab-badge" in tags[0]
+        and "colab.research.google.com/github/" in sources[0]
+        and f"book/chapters/{ch.label}.ipynb" in sources[0]
+    ):
         problems.append("cell 0 is not the Colab badge of this notebook (tag colab-badge)")
     if not ({"install", "hide-input"} <= set(tags[1]) and "import attnbook" in sources[1]):
         problems.append("cell 1 is not the hidden install cell (tags install, hide-input)")
-    heading = next((s.splitlines()[0] for c, s in zip(cells, sources) if c["cell_type"] == "markdown"
-                    and s.startswith("# ")), "")
+    heading = next(
+        (
+            s.splitlines()[0]
+            for c, s in zip(cells, sources)
+            if c["cell_type"] == "markdown" and s.startswith("# ")
+        ),
+        "",
+    )
     if heading != f"# {ch.number} · {ch.title}":
         problems.append(f"the heading {heading!r} is not '# {ch.number} · {ch.title}' (the manifest's title)")
     code = [s for c, s in zip(cells, sources) if c["cell_type"] == "code"]
@@ -103,8 +113,11 @@ def chapter_problems(ch, root: Path = ROOT) -> list[str]:
     if test_file.is_file() and f'("{ch.number}")' not in test_file.read_text():
         problems.append(f"{ch.exercise_test_path} does not test chapter {ch.number}")
     bib = (root / "book" / "references.bib").read_text()
-    problems += [f"bib key {key} is not in book/references.bib" for key in ch.bib_keys
-                 if not re.search(rf"^@\w+\{{{re.escape(key)},", bib, re.M)]
+    problems += [
+        f"bib key {key} is not in book/references.bib"
+        for key in ch.bib_keys
+        if not re.search(rf"^@\w+\{{{re.escape(key)},", bib, re.M)
+    ]
     exported = _exported_tasks(root)
     problems += [f"attnbook.tasks exports no {name}" for name in ch.tasks if name not in exported]
     if ch.status == "written":
@@ -136,9 +149,18 @@ def repo_copy(tmp_path) -> Path:
     """The parts of the repository a chapter scaffold touches or needs, copied."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "attnbook", tmp_path / "attnbook", ignore=ignore)
-    for path in ("README.md", "pyproject.toml", "conftest.py", "book/_toc.yml", "book/_config.yml",
-                 "book/references.bib", "tests/__init__.py", "tests/exercises/__init__.py",
-                 "tests/exercises/grading.py"):
+    for path in (
+        "README.md",
+        "pyproject.toml",
+        "conftest.py",
+        "book/_toc.yml",
+        "book/_config.yml",
+        "book/references.bib",
+        "tests/__init__.py",
+        "tests/chapter_times.py",
+        "tests/exercises/__init__.py",
+        "tests/exercises/grading.py",
+    ):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / path, tmp_path / path)
     return tmp_path
@@ -146,8 +168,14 @@ def repo_copy(tmp_path) -> Path:
 
 def _start(args: list[str], root: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(root)}  # import attnbook and tests from the copy
-    return subprocess.Popen([sys.executable, *args], cwd=root, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=root,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _finish(process: subprocess.Popen) -> tuple[int, str]:
@@ -192,8 +220,12 @@ def test_the_scaffold_refuses_to_overwrite_and_checks_its_arguments(repo_copy, c
     assert mine.read_text() == "# my own work\n"
     assert not (repo_copy / ch.notebook_path).exists() and not (repo_copy / ch.check_path).exists()
     assert (repo_copy / "attnbook" / "chapters.py").read_text() == manifest_before
-    for args, says in ((["6", "spectral-mixing"], "two digits"), (["06", "Spectral_Mixing"], "slug"),
-                       (["06", "fft-mixing"], "is 'spectral-mixing'"),
-                       (["00", "multi-head-attention"], "already"), (["40", "far-away"], "next number, 31")):
+    for args, says in (
+        (["6", "spectral-mixing"], "two digits"),
+        (["06", "Spectral_Mixing"], "slug"),
+        (["06", "fft-mixing"], "is 'spectral-mixing'"),
+        (["00", "multi-head-attention"], "already"),
+        (["40", "far-away"], "next number, 31"),
+    ):
         assert new_chapter.main([*args, "--no-run", "--root", str(repo_copy)]) == 2
         assert says in capsys.readouterr().err

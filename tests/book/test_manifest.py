@@ -1,4 +1,5 @@
 """The chapter manifest (attnbook/chapters.py) is consistent, and what is generated from it is current."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,18 +62,29 @@ def test_by_number_accepts_the_usual_spellings_and_names_the_range():
         by_number(99)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"number": "5"}, "two digits"), ({"slug": "Mixture_of_Heads"}, "slug"),
-    ({"status": "done"}, "status"), ({"checks": ("ch06.rope",)}, "task id"), ({"tasks": ["x"]}, "tuple"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"number": "5"}, "two digits"),
+        ({"slug": "Mixture_of_Heads"}, "slug"),
+        ({"status": "done"}, "status"),
+        ({"checks": ("ch06.rope",)}, "task id"),
+        ({"tasks": ["x"]}, "tuple"),
+    ],
+)
 def test_a_malformed_entry_is_refused(change, message):
     with pytest.raises((ValueError, TypeError), match=message):
         dataclasses.replace(by_number("05"), **change)
 
 
 def test_written_chapters_have_all_their_files():
-    missing = [f"{c.label}: {p}" for c in CHAPTERS if c.status == "written" for p in c.files
-               if not (ROOT / p).is_file()]
+    missing = [
+        f"{c.label}: {p}"
+        for c in CHAPTERS
+        if c.status == "written"
+        for p in c.files
+        if not (ROOT / p).is_file()
+    ]
     assert not missing, "written chapters without their files:\n" + "\n".join(missing)
 
 
@@ -89,8 +101,10 @@ def test_front_pages_exist():
 
 def test_readme_and_toc_match_the_manifest():
     drifted = _sync_tool().sync(ROOT, write=False)
-    assert not drifted, (f"{', '.join(str(p.relative_to(ROOT)) for p in drifted)} drifted from "
-                         "attnbook/chapters.py: run python tools/sync_chapters.py")
+    assert not drifted, (
+        f"{', '.join(str(p.relative_to(ROOT)) for p in drifted)} drifted from "
+        "attnbook/chapters.py: run python tools/sync_chapters.py"
+    )
 
 
 def test_the_toc_lists_exactly_the_written_chapters_by_part():
@@ -123,7 +137,7 @@ def test_the_manifest_follows_the_syllabus():
     assert rows == [(c.number, c.slug) for c in CHAPTERS]
     found = []
     for numeral, caption in re.findall(r"^\|\s*\*\*Part (\w+)\*\*\s*\|\s*\|\s*\*\*(.+?)\*\*", text, re.M):
-        after = text[text.index(f"**Part {numeral}**"):]
+        after = text[text.index(f"**Part {numeral}**") :]
         found.append((numeral, caption, re.search(r"^\|\s*(\d\d)\s*\|", after, re.M).group(1)))
     assert found == [(p.numeral, p.caption, p.first) for p in PARTS]
 

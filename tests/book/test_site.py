@@ -4,6 +4,7 @@ The build uses the outputs stored in the notebooks (nothing is executed). Chromi
 looked up on PATH; without it the browser checks are skipped, unless
 ATTNBOOK_REQUIRE_BROWSER=1 (as in CI), where a missing browser is a failure.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,7 +35,9 @@ def site(tmp_path_factory) -> Path:
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(BOOK), "--path-output", str(out), "-W", "-n", "--keep-going"]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, "site build failed (warnings are errors):\n" + result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.returncode == 0, (
+        "site build failed (warnings are errors):\n" + result.stdout[-4000:] + result.stderr[-4000:]
+    )
     return out / "_build" / "html"
 
 
@@ -52,7 +55,9 @@ def test_every_chapter_in_the_toc_is_built_with_a_colab_link(site):
         assert badge and ((site / page).parent / badge.group(1)).is_file(), f"{page}: no local badge"
         # the set-up cell's code is behind a toggle (tag hide-input), not shown open
         setup_cell = html.index("Set-up: installs attnbook")
-        assert "hide-input" in html[max(0, setup_cell - 3000):setup_cell], f"{page}: the set-up cell is not hidden"
+        assert "hide-input" in html[max(0, setup_cell - 3000) : setup_cell], (
+            f"{page}: the set-up cell is not hidden"
+        )
 
 
 def _browser() -> str | None:
@@ -79,9 +84,21 @@ def _rendered_dom(url: str) -> str:
             pytest.fail("chromium is required (ATTNBOOK_REQUIRE_BROWSER=1) but not installed")
         pytest.skip("chromium not installed: apt-get install chromium")
     with tempfile.TemporaryDirectory() as profile:
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", url]
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            url,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -95,9 +112,15 @@ def test_chapter_page_renders_math_figures_and_widget_state(served, page):
     text = re.sub(r"<(pre|code)\b.*?</\1>", "", text, flags=re.S)  # code may contain backslashes legitimately
     assert dom.count("<mjx-container") >= 5, f"{page}: math was not typeset by MathJax"
     visible = re.sub(r"<[^>]+>", " ", text)
-    assert "$$" not in visible and "\\(" not in visible and "\\[" not in visible, f"{page}: raw LaTeX left in the page"
+    assert "$$" not in visible and "\\(" not in visible and "\\[" not in visible, (
+        f"{page}: raw LaTeX left in the page"
+    )
     assert len(re.findall(r"<img[^>]+src=\"[^\"]*_images/[^\"]+\.png", dom)) >= 1, f"{page}: no figure"
     # saved widget state rendered by the locally served widget manager: the explorer's
     # controls and its image inside the widget area
-    assert "widget-slider" in dom or "widget-dropdown" in dom or "widget-checkbox" in dom, f"{page}: widget controls not rendered"
-    assert re.search(r"<img[^>]+src=\"blob:|<img[^>]+src=\"data:image/png", dom), f"{page}: widget image not rendered"
+    assert "widget-slider" in dom or "widget-dropdown" in dom or "widget-checkbox" in dom, (
+        f"{page}: widget controls not rendered"
+    )
+    assert re.search(r"<img[^>]+src=\"blob:|<img[^>]+src=\"data:image/png", dom), (
+        f"{page}: widget image not rendered"
+    )

@@ -1,4 +1,5 @@
 """attnbook.attention against torch's own attention, plus invariances and bad-input errors."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,13 +20,21 @@ f64 = dict(dtype=torch.float64)
 
 
 @settings(max_examples=25, deadline=None)
-@given(B=st.integers(1, 3), N=st.integers(1, 9), M=st.integers(1, 9), d=st.integers(1, 12), seed=st.integers(0, 10_000))
+@given(
+    B=st.integers(1, 3),
+    N=st.integers(1, 9),
+    M=st.integers(1, 9),
+    d=st.integers(1, 12),
+    seed=st.integers(0, 10_000),
+)
 def test_sdpa_matches_torch_with_boolean_mask(B, N, M, d, seed):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, 2, n, d, generator=g, **f64) for n in (N, M, M))
     mask = torch.rand(N, M, generator=g) < 0.7
     ours, weights = scaled_dot_product_attention(q, k, v, mask)
-    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        ours, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-10, rtol=1e-10
+    )
     assert weights.shape == (B, 2, N, M)
     # rows with a visible key sum to 1; fully hidden rows are zero, as in torch
     row_sums = weights.sum(-1)
@@ -115,13 +124,40 @@ def test_stable_softmax_is_stable_and_handles_hidden_rows():
     [
         (lambda: MultiHeadAttention(10, 3), "divisible"),
         (lambda: split_heads(torch.zeros(1, 2, 10), 4), "divisible"),
-        (lambda: scaled_dot_product_attention(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5), torch.zeros(2, 3, 5)), "last"),
-        (lambda: scaled_dot_product_attention(torch.zeros(2, 3, 4), torch.zeros(3, 3, 4), torch.zeros(3, 3, 4)), "leading"),
-        (lambda: scaled_dot_product_attention(torch.zeros(1, 3, 4), torch.zeros(1, 5, 4), torch.zeros(1, 6, 4)), "same number"),
-        (lambda: scaled_dot_product_attention(torch.zeros(1, 3, 4), torch.zeros(1, 5, 4), torch.zeros(1, 5, 4),
-                                              torch.ones(5, 3, dtype=torch.bool)), "mask of shape"),
+        (
+            lambda: scaled_dot_product_attention(
+                torch.zeros(2, 3, 4), torch.zeros(2, 3, 5), torch.zeros(2, 3, 5)
+            ),
+            "last",
+        ),
+        (
+            lambda: scaled_dot_product_attention(
+                torch.zeros(2, 3, 4), torch.zeros(3, 3, 4), torch.zeros(3, 3, 4)
+            ),
+            "leading",
+        ),
+        (
+            lambda: scaled_dot_product_attention(
+                torch.zeros(1, 3, 4), torch.zeros(1, 5, 4), torch.zeros(1, 6, 4)
+            ),
+            "same number",
+        ),
+        (
+            lambda: scaled_dot_product_attention(
+                torch.zeros(1, 3, 4),
+                torch.zeros(1, 5, 4),
+                torch.zeros(1, 5, 4),
+                torch.ones(5, 3, dtype=torch.bool),
+            ),
+            "mask of shape",
+        ),
         (lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 3, 7)), "x must have shape"),
-        (lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 3, 8), key_padding_mask=torch.ones(1, 4, dtype=torch.bool)), "key_padding_mask"),
+        (
+            lambda: MultiHeadAttention(8, 2)(
+                torch.zeros(1, 3, 8), key_padding_mask=torch.ones(1, 4, dtype=torch.bool)
+            ),
+            "key_padding_mask",
+        ),
         (lambda: causal_mask(4, 2), "M >= N"),
         (lambda: padding_mask([3, 9], 5), "lengths"),
     ],
@@ -141,30 +177,68 @@ def _qkv(dtype=torch.float32, N=4, M=4):
     [
         # a 0/1 integer mask added to the scores would let a causal mask see the future
         (lambda: scaled_dot_product_attention(*_qkv(), causal_mask(4).long()), TypeError, "integer 0/1 mask"),
-        (lambda: scaled_dot_product_attention(*_qkv(), causal_mask(4).to(torch.uint8)), TypeError, "integer 0/1 mask"),
-        (lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 4, 8), mask=causal_mask(4).int()), TypeError, "integer"),
+        (
+            lambda: scaled_dot_product_attention(*_qkv(), causal_mask(4).to(torch.uint8)),
+            TypeError,
+            "integer 0/1 mask",
+        ),
+        (
+            lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 4, 8), mask=causal_mask(4).int()),
+            TypeError,
+            "integer",
+        ),
         (lambda: causal_mask(3.5), TypeError, "N must be an integer"),
         (lambda: causal_mask(3, 4.0), TypeError, "M must be an integer"),
         (lambda: causal_mask(True), TypeError, "N must be an integer"),
         (lambda: causal_mask(0), ValueError, "N must be >= 1"),
-        (lambda: scaled_dot_product_attention(*_qkv(), scale=-1), ValueError, "scale must be a finite number > 0"),
+        (
+            lambda: scaled_dot_product_attention(*_qkv(), scale=-1),
+            ValueError,
+            "scale must be a finite number > 0",
+        ),
         (lambda: scaled_dot_product_attention(*_qkv(), scale=0.0), ValueError, "scale"),
         (lambda: scaled_dot_product_attention(*_qkv(), scale=float("nan")), ValueError, "scale"),
         (lambda: scaled_dot_product_attention(*_qkv(N=5, M=3), causal=True), ValueError, "M >= N"),
         (lambda: scaled_dot_product_attention(_qkv()[0].double(), *_qkv()[1:]), TypeError, "one dtype"),
-        (lambda: scaled_dot_product_attention(torch.zeros(1, 3, 4, dtype=torch.long), torch.zeros(1, 3, 4),
-                                              torch.zeros(1, 3, 4)), TypeError, "floating dtype"),
-        (lambda: scaled_dot_product_attention([[1.0]], torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)), TypeError, "torch.Tensor"),
-        (lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 3, 8, dtype=torch.float64)), TypeError, "float64 but the layer"),
-        (lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 3, 8), torch.zeros(1, 3, 8, dtype=torch.float64)), TypeError,
-         "context is torch.float64"),
-        (lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 3, 8), key_padding_mask=torch.ones(1, 3)), TypeError, "boolean"),
+        (
+            lambda: scaled_dot_product_attention(
+                torch.zeros(1, 3, 4, dtype=torch.long), torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)
+            ),
+            TypeError,
+            "floating dtype",
+        ),
+        (
+            lambda: scaled_dot_product_attention([[1.0]], torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)),
+            TypeError,
+            "torch.Tensor",
+        ),
+        (
+            lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 3, 8, dtype=torch.float64)),
+            TypeError,
+            "float64 but the layer",
+        ),
+        (
+            lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 3, 8), torch.zeros(1, 3, 8, dtype=torch.float64)),
+            TypeError,
+            "context is torch.float64",
+        ),
+        (
+            lambda: MultiHeadAttention(8, 2)(torch.zeros(1, 3, 8), key_padding_mask=torch.ones(1, 3)),
+            TypeError,
+            "boolean",
+        ),
         (lambda: MultiHeadAttention(8, 2.0), TypeError, "H must be an integer"),
         (lambda: MultiHeadAttention(8, 2, score_mod="bias"), TypeError, "score_mod must be callable"),
-        (lambda: MultiHeadAttention(8, 2, score_mod=lambda s, q, k: s[..., :1])(torch.zeros(1, 3, 8)), ValueError,
-         "score_mod must return"),
-        (lambda: MultiHeadAttention(8, 2, head_gate=lambda x: torch.ones(1, 3))(torch.zeros(1, 3, 8)), ValueError,
-         "head_gate must return gates of shape"),
+        (
+            lambda: MultiHeadAttention(8, 2, score_mod=lambda s, q, k: s[..., :1])(torch.zeros(1, 3, 8)),
+            ValueError,
+            "score_mod must return",
+        ),
+        (
+            lambda: MultiHeadAttention(8, 2, head_gate=lambda x: torch.ones(1, 3))(torch.zeros(1, 3, 8)),
+            ValueError,
+            "head_gate must return gates of shape",
+        ),
     ],
 )
 def test_bad_input_gets_an_attnbook_error(call, error, message):
@@ -176,8 +250,9 @@ def test_additive_float_mask_still_accepted_and_equals_boolean():
     q, k, v = _qkv(torch.float64)
     allowed = causal_mask(4)
     additive = torch.zeros(4, 4, dtype=torch.float64).masked_fill(~allowed, float("-inf"))
-    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, additive)[0],
-                               scaled_dot_product_attention(q, k, v, allowed)[0])
+    torch.testing.assert_close(
+        scaled_dot_product_attention(q, k, v, additive)[0], scaled_dot_product_attention(q, k, v, allowed)[0]
+    )
 
 
 def _layer(**points):

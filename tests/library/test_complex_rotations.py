@@ -1,4 +1,5 @@
 """attnbook.mechanisms.complex_rotations: RoPE and Euler-rotation anchors, equivalences, errors."""
+
 import math
 
 import pytest
@@ -8,8 +9,6 @@ from hypothesis import strategies as st
 
 from attnbook.attention import causal_mask, merge_heads, split_heads
 from attnbook.mechanisms.complex_rotations import (
-    rotary_attention,
-    rotary_transformer,
     adaptive_rotation_attention,
     complex_rotation_scores,
     euler_rotate,
@@ -17,6 +16,8 @@ from attnbook.mechanisms.complex_rotations import (
     merge_pairs,
     rope,
     rope_frequencies,
+    rotary_attention,
+    rotary_transformer,
     split_pairs,
 )
 from attnbook.tasks.mixed_lookup import IGNORE, mixed_lookup
@@ -38,7 +39,9 @@ def _rotation_matrix_rope(x, pos, theta):
         R = torch.zeros(d, d, **f64)
         for j in range(d // 2):
             a = float(pos[m]) * float(theta[j])
-            R[2 * j:2 * j + 2, 2 * j:2 * j + 2] = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], **f64)
+            R[2 * j : 2 * j + 2, 2 * j : 2 * j + 2] = torch.tensor(
+                [[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], **f64
+            )
         out[..., m, :] = x[..., m, :] @ R.T
     return out
 
@@ -80,11 +83,15 @@ def test_rope_limit_and_identity(pairing):
     """δ = 1, b = 0 is RoPE (same pairing); θ = 0 as well is the identity (plain attention)."""
     _, x, theta = _inputs(2)
     pos = torch.arange(6)
-    torch.testing.assert_close(euler_rotate(x, pos, theta, pairing=pairing), rope(x, pos, theta, pairing), atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        euler_rotate(x, pos, theta, pairing=pairing), rope(x, pos, theta, pairing), atol=1e-9, rtol=0
+    )
     torch.testing.assert_close(euler_rotate(x, pos, theta * 0, pairing=pairing), x, atol=1e-9, rtol=0)
     # float32: the anchors at 1e-5
     x32 = x.float()
-    torch.testing.assert_close(euler_rotate(x32, pos, theta.float()), rope(x32, pos, theta.float()), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        euler_rotate(x32, pos, theta.float()), rope(x32, pos, theta.float()), atol=1e-5, rtol=0
+    )
 
 
 def test_pairing_conventions_differ():
@@ -112,7 +119,11 @@ def test_per_token_equals_pairwise_and_shift_invariance(seed, shift):
     delta = 2 * torch.rand(3, 1, 4, generator=g, **f64)
     bias = torch.randn(3, 1, 4, generator=g, **f64)
     pos = torch.arange(5)
-    per_token = euler_rotate(x, pos, theta, delta, bias) @ euler_rotate(k, pos, theta, delta).transpose(-1, -2) / math.sqrt(8)
+    per_token = (
+        euler_rotate(x, pos, theta, delta, bias)
+        @ euler_rotate(k, pos, theta, delta).transpose(-1, -2)
+        / math.sqrt(8)
+    )
     pairwise = complex_rotation_scores(x, k, pos, pos, theta, delta, bias)
     torch.testing.assert_close(per_token, pairwise, atol=1e-9, rtol=1e-9)
     shifted = complex_rotation_scores(x, k, pos + shift, pos + shift, theta, delta, bias)
@@ -130,10 +141,15 @@ def test_pairwise_formula_double_loop():
         for n in range(5):
             for j in range(3):
                 zq, zk = complex(q[m, 2 * j], q[m, 2 * j + 1]), complex(k[n, 2 * j], k[n, 2 * j + 1])
-                a = float(delta[j]) * (math.atan2(zq.imag, zq.real) - math.atan2(zk.imag, zk.real)) + float(bias[j]) \
+                a = (
+                    float(delta[j]) * (math.atan2(zq.imag, zq.real) - math.atan2(zk.imag, zk.real))
+                    + float(bias[j])
                     + (int(pos[m]) - int(pos[n])) * float(theta[j])
+                )
                 ref[m, n] += abs(zq) * abs(zk) * math.cos(a)
-    torch.testing.assert_close(complex_rotation_scores(q, k, pos, pos, theta, delta, bias), ref / math.sqrt(6), atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(
+        complex_rotation_scores(q, k, pos, pos, theta, delta, bias), ref / math.sqrt(6), atol=1e-9, rtol=1e-9
+    )
 
 
 def test_bias_on_both_sides_cancels_and_delta_zero_drops_phase():
@@ -146,7 +162,9 @@ def test_bias_on_both_sides_cancels_and_delta_zero_drops_phase():
     torch.testing.assert_close(both, none, atol=1e-9, rtol=1e-9)
     # δ = 0: only the magnitudes of the pairs matter; negating q (phase + π) changes nothing
     s0 = complex_rotation_scores(q, k, pos, pos, theta, 0.0, b)
-    torch.testing.assert_close(complex_rotation_scores(-q, k, pos, pos, theta, 0.0, b), s0, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(
+        complex_rotation_scores(-q, k, pos, pos, theta, 0.0, b), s0, atol=1e-9, rtol=1e-9
+    )
 
 
 def test_branch_cut_discontinuity_for_non_integer_delta():
@@ -200,7 +218,9 @@ def test_attention_matches_pairwise_scores_with_causal_mask():
     delta, bias = 2 * torch.rand(3, 1, 4, generator=g, **f64), torch.randn(3, 1, 4, generator=g, **f64)
     pos = torch.arange(7)
     out, w = adaptive_rotation_attention(q, k, v, pos, theta, delta, bias, causal=True)
-    s = complex_rotation_scores(q, k, pos, pos, theta, delta, bias).masked_fill(~causal_mask(7), float("-inf"))
+    s = complex_rotation_scores(q, k, pos, pos, theta, delta, bias).masked_fill(
+        ~causal_mask(7), float("-inf")
+    )
     torch.testing.assert_close(w, torch.softmax(s, -1), atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(out, torch.softmax(s, -1) @ v, atol=1e-10, rtol=1e-10)
 

@@ -27,8 +27,14 @@ def test_split_heads_figure_colours_each_head_block():
     assert len(HEAD_COLORS) >= 8
 
 
-@pytest.mark.parametrize("call", [lambda: canvas(0, 2), lambda: split_heads_figure(D=6, H=4),
-                                  lambda: tensor(canvas(2, 2)[1], (0, 0), 0, 3)])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: canvas(0, 2),
+        lambda: split_heads_figure(D=6, H=4),
+        lambda: tensor(canvas(2, 2)[1], (0, 0), 0, 3),
+    ],
+)
 def test_bad_sizes_raise(call):
     with pytest.raises(ValueError):
         call()

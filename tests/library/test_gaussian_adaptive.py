@@ -1,4 +1,5 @@
 """attnbook.mechanisms.gaussian_adaptive against explicit-pdf references, plus its anchors and errors."""
+
 import math
 
 import pytest
@@ -35,9 +36,9 @@ def pdf_reference(x, delta, c, axis=1, eps=1e-8, weights=None):
     for g in range(len(delta)):
         y = (x - (m + delta[g])) / s
         if weights is None:
-            dens = dens * torch.exp(-y ** 2 / (2 * c[g] ** 2)) / torch.sqrt(2 * math.pi * c[g] ** 2)
+            dens = dens * torch.exp(-(y**2) / (2 * c[g] ** 2)) / torch.sqrt(2 * math.pi * c[g] ** 2)
         else:  # the earlier version's mixture: no 1/sqrt(2π c²) factor
-            dens = dens + weights[g] * torch.exp(-y ** 2 / (2 * c[g] ** 2))
+            dens = dens + weights[g] * torch.exp(-(y**2) / (2 * c[g] ** 2))
     return dens / dens.sum(axis, keepdim=True)
 
 
@@ -53,8 +54,14 @@ def reference_block(x, deltas, cs, axis=1):
 
 
 @settings(max_examples=30, deadline=None)
-@given(B=st.integers(1, 3), n=st.integers(2, 12), C=st.integers(1, 5), G=st.integers(1, 3),
-       axis=st.sampled_from([1, 2, -1]), seed=st.integers(0, 10_000))
+@given(
+    B=st.integers(1, 3),
+    n=st.integers(2, 12),
+    C=st.integers(1, 5),
+    G=st.integers(1, 3),
+    axis=st.sampled_from([1, 2, -1]),
+    seed=st.integers(0, 10_000),
+)
 def test_weights_equal_explicit_pdf_product(B, n, C, G, axis, seed):
     g = torch.Generator().manual_seed(seed)
     x = 2 + 3 * torch.randn(B, n, C, generator=g, **f64)
@@ -85,7 +92,7 @@ def test_mixture_form_equals_earlier_version():
 def test_float32_matches_float64_and_narrow_gaussians_do_not_underflow():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 16, 3, generator=g, **f64)
-    delta, c = torch.tensor([4.0], **f64), torch.tensor([0.05], **f64)   # far, narrow: every pdf underflows
+    delta, c = torch.tensor([4.0], **f64), torch.tensor([0.05], **f64)  # far, narrow: every pdf underflows
     a64 = gaussian_weights(x, delta, c)
     assert torch.isfinite(a64).all() and torch.allclose(a64.sum(1), torch.ones(4, 3, **f64))
     a32 = gaussian_weights(x.float(), delta.float(), c.float())
@@ -110,13 +117,18 @@ def test_shift_invariance_always_scale_invariance_only_without_offset(seed, beta
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(3, 7, 4, generator=g, **f64)
     delta, c = torch.tensor([0.8, -0.3], **f64), torch.tensor([0.9, 1.3], **f64)
-    shift = beta + torch.randn(3, 1, 4, generator=g, **f64)              # one constant per column
-    torch.testing.assert_close(gaussian_weights(x + shift, delta, c), gaussian_weights(x, delta, c),
-                               atol=1e-9, rtol=1e-7)
+    shift = beta + torch.randn(3, 1, 4, generator=g, **f64)  # one constant per column
+    torch.testing.assert_close(
+        gaussian_weights(x + shift, delta, c), gaussian_weights(x, delta, c), atol=1e-9, rtol=1e-7
+    )
     zero = torch.zeros(2, **f64)
     # exact only without the variance floor eps (s = sqrt(var + eps) does not scale with alpha)
-    torch.testing.assert_close(gaussian_weights(alpha * x, zero, c, eps=0.0), gaussian_weights(x, zero, c, eps=0.0),
-                               atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(
+        gaussian_weights(alpha * x, zero, c, eps=0.0),
+        gaussian_weights(x, zero, c, eps=0.0),
+        atol=1e-9,
+        rtol=1e-7,
+    )
 
 
 def test_rescaling_changes_weights_when_offset_is_nonzero():
@@ -145,11 +157,11 @@ def test_heads_normalise_their_own_chunks_and_never_mix():
     out, a = multi_head_gaussian_attention(x, deltas, cs)
     assert head_chunks(11, 3) == [(0, 3), (3, 3), (6, 5)]
     for h, (start, length) in enumerate(head_chunks(11, 3)):
-        torch.testing.assert_close(a[:, start:start + length].sum(1), torch.ones(2, 4, **f64))
-        own = gaussian_weights(x[:, start:start + length], deltas[h], cs[h])
-        torch.testing.assert_close(a[:, start:start + length], own)
+        torch.testing.assert_close(a[:, start : start + length].sum(1), torch.ones(2, 4, **f64))
+        own = gaussian_weights(x[:, start : start + length], deltas[h], cs[h])
+        torch.testing.assert_close(a[:, start : start + length], own)
     y = x.clone()
-    y[:, 6:] = 100 * torch.randn(2, 5, 4, generator=g, **f64)           # change only the last head's chunk
+    y[:, 6:] = 100 * torch.randn(2, 5, 4, generator=g, **f64)  # change only the last head's chunk
     _, b = multi_head_gaussian_attention(y, deltas, cs)
     torch.testing.assert_close(b[:, :6], a[:, :6])
     torch.testing.assert_close(out, x * a)
@@ -176,7 +188,7 @@ def test_mask_equals_dropping_the_padding():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 9, 3, generator=g, **f64)
     mask = torch.ones(2, 9, 3, dtype=torch.bool)
-    mask[0, 6:] = False                                                  # sample 0 has 6 real elements
+    mask[0, 6:] = False  # sample 0 has 6 real elements
     delta, c = torch.tensor([0.4], **f64), torch.tensor([0.8], **f64)
     a = gaussian_weights(x, delta, c, mask=mask)
     torch.testing.assert_close(a[0, :6], gaussian_weights(x[:1, :6], delta, c)[0])
@@ -193,7 +205,7 @@ def test_raw_units_ablation_is_not_shift_invariant():
     x = torch.randn(2, 8, 3, **f64)
     delta, c = torch.tensor([0.5], **f64), torch.tensor([0.5], **f64)
     raw = gaussian_weights(x, delta, c, standardize=False)
-    torch.testing.assert_close(raw, torch.softmax(-(x - 0.5) ** 2 / 0.5, 1))
+    torch.testing.assert_close(raw, torch.softmax(-((x - 0.5) ** 2) / 0.5, 1))
     assert (gaussian_weights(x + 2, delta, c, standardize=False) - raw).abs().max() > 1e-2
 
 
@@ -230,8 +242,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"\(H, G\)"):
         multi_head_gaussian_attention(x, torch.zeros(2), torch.ones(2))
     with pytest.raises(ValueError, match="mask"):
-        multi_head_gaussian_attention(x, torch.zeros(1, 1), torch.ones(1, 1),
-                                      mask=torch.ones(2, 5, dtype=torch.bool))
+        multi_head_gaussian_attention(
+            x, torch.zeros(1, 1), torch.ones(1, 1), mask=torch.ones(2, 5, dtype=torch.bool)
+        )
     with pytest.raises(ValueError, match="mixture_logits"):
         gaussian_logits(x, torch.zeros(2), torch.ones(2), mixture_logits=torch.zeros(3))
     with pytest.raises(ValueError, match="n_heads"):
@@ -255,7 +268,7 @@ def test_bad_masks_dtypes_and_sizes_get_attnbook_errors_not_torch_errors():
     with pytest.raises(TypeError, match="one dtype"):
         gaussian_weights(x.float(), delta, c)
     with pytest.raises(TypeError, match="one dtype"):
-        GaussianAdaptiveAttention(1)(x)                                    # float32 block, float64 input
+        GaussianAdaptiveAttention(1)(x)  # float32 block, float64 input
     with pytest.raises(TypeError, match="floating dtype"):
         gaussian_weights(x.long(), delta, c)
     # sizes must be integers
@@ -295,11 +308,16 @@ def test_created_tensors_follow_the_inputs_device_and_dtype(device, dtype):
     block = GaussianAdaptiveAttention(3, 2, mixture=True).to(device, dtype)
     with tensors_without_device_go_to_meta():
         results = [
-            *axis_statistics(x, 1), *axis_statistics(x, 1, mask=mask), gaussian_logits(x, deltas[0], cs[0]),
+            *axis_statistics(x, 1),
+            *axis_statistics(x, 1, mask=mask),
+            gaussian_logits(x, deltas[0], cs[0]),
             gaussian_weights(x, deltas[0], cs[0], mask=mask, standardize=False),
             gaussian_weights(x, deltas[0], cs[0], mixture_logits=cs[1]),
-            *multi_head_gaussian_attention(x, deltas, cs, mask=mask), *collapse_product(deltas[0], cs[0]),
-            importance_factor(x), importance_factor(torch.ones_like(x)), *block(x, return_weights=True),
+            *multi_head_gaussian_attention(x, deltas, cs, mask=mask),
+            *collapse_product(deltas[0], cs[0]),
+            importance_factor(x),
+            importance_factor(torch.ones_like(x)),
+            *block(x, return_weights=True),
         ]
     assert_follow(results, x.device, dtype)
 

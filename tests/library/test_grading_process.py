@@ -1,10 +1,13 @@
-import math, pytest, torch
+import pytest
+import torch
 import torch.nn.functional as F
 from torch.nn.functional import scaled_dot_product_attention as sdpa_alias
+
 from attnbook.grading.core import CheckFailed
 from attnbook.grading.process import forbid, largest_intermediate, no_autograd
 
 q = k = v = torch.randn(1, 2, 8, 4)
+
 
 def test_forbid_catches_any_binding():
     with pytest.raises(CheckFailed, match="scaled_dot_product_attention"):
@@ -14,7 +17,8 @@ def test_forbid_catches_any_binding():
         with forbid(torch.softmax, torch.Tensor.softmax, reason="r"):
             (q @ k.mT).softmax(-1)
     with forbid(F.scaled_dot_product_attention, reason="r"):
-        torch.softmax(q @ k.mT / 2, -1) @ v   # allowed
+        torch.softmax(q @ k.mT / 2, -1) @ v  # allowed
+
 
 def test_no_autograd():
     x = torch.randn(3, requires_grad=True)
@@ -26,10 +30,11 @@ def test_no_autograd():
             y = x.detach().requires_grad_()
             (y * 2).sum().backward()
     assert torch.autograd.grad is not None and torch.is_grad_enabled()
-    torch.autograd.grad((x * 2).sum(), x)   # restored
+    torch.autograd.grad((x * 2).sum(), x)  # restored
+
 
 def test_watch():
     with largest_intermediate() as seen:
         s = q @ k.mT
-        w = torch.softmax(s, -1)
+        torch.softmax(s, -1)
     assert seen.first(lambda sh: sh[-2:] == (8, 8)) is not None and seen.largest == 128

@@ -1,4 +1,5 @@
 """attnbook.mechanisms.in_context_regression and attnbook.tasks.linear_regression: anchors, equivalences."""
+
 import math
 
 import pytest
@@ -39,8 +40,13 @@ def _prompts(B, L, d, seed=0, **kwargs):
 
 
 @settings(max_examples=25, deadline=None)
-@given(B=st.integers(1, 3), H=st.integers(1, 4), L=st.integers(1, 12), d=st.integers(1, 7),
-       seed=st.integers(0, 10_000))
+@given(
+    B=st.integers(1, 3),
+    H=st.integers(1, 4),
+    L=st.integers(1, 12),
+    d=st.integers(1, 7),
+    seed=st.integers(0, 10_000),
+)
 def test_icl_attention_equals_torch_sdpa(B, H, L, d, seed):
     g = torch.Generator().manual_seed(seed)
     Z, zq, _, _ = _prompts(B, L, d, seed)
@@ -135,7 +141,7 @@ def test_ridge_is_least_squares_on_the_augmented_system():
         X_aug = torch.cat([X, math.sqrt(lam) * torch.eye(4, **f64)])
         y_aug = torch.cat([y, torch.zeros(4, **f64)])
         beta = torch.linalg.lstsq(X_aug, y_aug[:, None]).solution[:, 0]
-        torch.testing.assert_close(ridge_predict(Z[b:b + 1], zq[b:b + 1], lam)[0], zq[b, :-1] @ beta)
+        torch.testing.assert_close(ridge_predict(Z[b : b + 1], zq[b : b + 1], lam)[0], zq[b, :-1] @ beta)
 
 
 def test_linear_attention_is_the_explicit_sum():
@@ -243,9 +249,19 @@ def test_created_tensors_follow_the_inputs_device_and_dtype(device, dtype):
         A_c, u_c = constructed_weights(omega, mu, 4)
         om, m, _ = extract_omega_mu(A, u)
         results = [
-            A, u, A_c, u_c, om, m, *icl_attention(Z, zq, A, u, return_weights=True),
-            linear_icl_attention(Z, zq, A, u), effective_step(omega, mu), debiased_gd(Z, zq, 0.5),
-            vanilla_gd(Z, zq, 0.5), ridge_predict(Z, zq, 0.5), model(Z, zq),
+            A,
+            u,
+            A_c,
+            u_c,
+            om,
+            m,
+            *icl_attention(Z, zq, A, u, return_weights=True),
+            linear_icl_attention(Z, zq, A, u),
+            effective_step(omega, mu),
+            debiased_gd(Z, zq, 0.5),
+            vanilla_gd(Z, zq, 0.5),
+            ridge_predict(Z, zq, 0.5),
+            model(Z, zq),
         ]
         loss = reduced_loss(omega, mu, d=3, L=7, sigma2=0.1)
     assert_follow(results, Z.device, dtype)

@@ -31,12 +31,16 @@ def test_positional_masks_match_loops(nm, left, right, dilation, block):
     N, M = nm
     assert query_positions(N, M).tolist() == [i + M - N for i in range(N)]
     assert torch.equal(causal_mask(N, M), _loop(N, M, lambda p, j: j <= p))
-    assert torch.equal(window_mask(N, M, left=left, right=right), _loop(N, M, lambda p, j: p - left <= j <= p + right))
+    assert torch.equal(
+        window_mask(N, M, left=left, right=right), _loop(N, M, lambda p, j: p - left <= j <= p + right)
+    )
     expected = _loop(N, M, lambda p, j: (j - p) % dilation == 0 and -left <= (j - p) // dilation <= right)
     assert torch.equal(dilated_mask(N, M, left=left, right=right, dilation=dilation), expected)
     assert torch.equal(block_mask(N, M, block=block), _loop(N, M, lambda p, j: p // block == j // block))
-    assert torch.equal(block_mask(N, M, block=block, causal=True),
-                       _loop(N, M, lambda p, j: p // block == j // block and j <= p))
+    assert torch.equal(
+        block_mask(N, M, block=block, causal=True),
+        _loop(N, M, lambda p, j: p // block == j // block and j <= p),
+    )
 
 
 def test_window_of_full_width_is_causal():
@@ -45,7 +49,11 @@ def test_window_of_full_width_is_causal():
 
 
 def test_padding_mask():
-    assert padding_mask([2, 0, 3], 3).tolist() == [[True, True, False], [False, False, False], [True, True, True]]
+    assert padding_mask([2, 0, 3], 3).tolist() == [
+        [True, True, False],
+        [False, False, False],
+        [True, True, True],
+    ]
     with pytest.raises(TypeError, match="integers"):
         padding_mask(torch.tensor([1.5]), 3)
 
@@ -70,8 +78,16 @@ def test_combine_and_apply():
         (lambda: dilated_mask(4, left=1, dilation=0), ValueError, "dilation must be >= 1"),
         (lambda: block_mask(4, block=1.5), TypeError, "block must be an integer"),
         (lambda: causal_mask(5, 3), ValueError, "M >= N"),
-        (lambda: apply_mask(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.int64)), TypeError, "integer 0/1 mask"),
-        (lambda: apply_mask(torch.zeros(2, 3), torch.ones(3, 2, dtype=torch.bool)), ValueError, "does not broadcast"),
+        (
+            lambda: apply_mask(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.int64)),
+            TypeError,
+            "integer 0/1 mask",
+        ),
+        (
+            lambda: apply_mask(torch.zeros(2, 3), torch.ones(3, 2, dtype=torch.bool)),
+            ValueError,
+            "does not broadcast",
+        ),
         (lambda: combine_masks(causal_mask(3), causal_mask(4)), ValueError, "broadcast|shape"),
     ],
 )

@@ -61,10 +61,20 @@ def test_position_embedding_breaks_permutation_equivariance():
         (lambda: ModelConfig(D=8.0, H=2, vocab=3), TypeError, "D must be an integer"),
         (lambda: TinyTransformer({"D": 8}), TypeError, "ModelConfig"),
         (lambda: TinyTransformer(ModelConfig(D=8, H=2, n_out=3)), ValueError, "vocab"),
-        (lambda: TinyTransformer(ModelConfig(D=8, H=2, vocab=3, max_len=4))(torch.zeros(1, 5, dtype=torch.long)),
-         ValueError, "max_len"),
-        (lambda: TinyTransformer(ModelConfig(D=8, H=2, n_out=3), embed=nn.Identity())(torch.zeros(1, 5, 4)),
-         ValueError, "embed"),
+        (
+            lambda: TinyTransformer(ModelConfig(D=8, H=2, vocab=3, max_len=4))(
+                torch.zeros(1, 5, dtype=torch.long)
+            ),
+            ValueError,
+            "max_len",
+        ),
+        (
+            lambda: TinyTransformer(ModelConfig(D=8, H=2, n_out=3), embed=nn.Identity())(
+                torch.zeros(1, 5, 4)
+            ),
+            ValueError,
+            "embed",
+        ),
     ],
 )
 def test_bad_config_and_input(call, error, message):

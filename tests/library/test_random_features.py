@@ -1,4 +1,5 @@
 """attnbook.mechanisms.random_features: anchors, equivalences and bad-input errors."""
+
 import math
 
 import pytest
@@ -47,8 +48,14 @@ def _inputs(B, N, d, M, seed, mu=0.0):
 
 
 @settings(max_examples=25, deadline=None)
-@given(B=st.integers(1, 4), N=st.integers(1, 9), d=st.integers(2, 7), M=st.integers(1, 6),
-       act=st.sampled_from(["relu", "exp", "softmax"]), seed=st.integers(0, 10_000))
+@given(
+    B=st.integers(1, 4),
+    N=st.integers(1, 9),
+    d=st.integers(2, 7),
+    M=st.integers(1, 6),
+    act=st.sampled_from(["relu", "exp", "softmax"]),
+    seed=st.integers(0, 10_000),
+)
 def test_features_are_invariant_to_key_permutations(B, N, d, M, act, seed):
     g, x0, X, W = _inputs(B, N, d, M, seed)
     perm = torch.randperm(N, generator=g)
@@ -136,8 +143,9 @@ def test_closed_form_equals_lbfgs_minimiser():
     lam = 1e-2
     w_star = ridge_fit(Phi, y, lam)
     w = torch.zeros(Phi.shape[1], **f64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w], lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()
@@ -169,8 +177,10 @@ def test_sample_qk_statistics_and_reproducibility():
     expected = torch.diag(torch.tensor([2.0, 2.0, 2.0, 0.0], **f64))
     assert (W.mean(0) - expected).abs().max() < 6 / math.sqrt(20_000)
     assert abs((W - expected).std().item() - 1) < 0.02
-    torch.testing.assert_close(sample_qk(3, 4, generator=torch.Generator().manual_seed(1)),
-                               sample_qk(3, 4, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(
+        sample_qk(3, 4, generator=torch.Generator().manual_seed(1)),
+        sample_qk(3, 4, generator=torch.Generator().manual_seed(1)),
+    )
 
 
 def test_biased_heads_score_the_query_key_alignment():
@@ -296,12 +306,20 @@ def test_created_tensors_follow_the_inputs_device_and_dtype(device, dtype):
         y = Phi[:, 0] + Phi[:, 1]
         Y = torch.stack([y, Phi[:, 2]], 1)
         results = [
-            Phi, rfa_forward(x0, X, W, W[:, 0]), rf_mlp_features(x0, X, U), augment(x0),
-            ridge_fit(Phi, y, 0.1), ridge_fit(Phi[:5], y[:5], 0.1), ridge_fit(Phi, Y, 0.0),
+            Phi,
+            rfa_forward(x0, X, W, W[:, 0]),
+            rf_mlp_features(x0, X, U),
+            augment(x0),
+            ridge_fit(Phi, y, 0.1),
+            ridge_fit(Phi[:5], y[:5], 0.1),
+            ridge_fit(Phi, Y, 0.0),
             *ridge_validated(Phi[:8], Y[:8], Phi[8:], Y[8:]),
             *ridge_validated(Phi[:8], y[:8], Phi[8:], y[8:]),
-            empirical_kernel(Phi, Phi, 5), layer.fit(x0, X, y, 1e-3)(x0, X),
+            empirical_kernel(Phi, Phi, 5),
+            layer.fit(x0, X, y, 1e-3)(x0, X),
         ]
-        samples = [sample_qk(3, 4, generator=gen, dtype=dtype),
-                   sample_mlp_weights(5, 2, 3, generator=gen, dtype=dtype)]
+        samples = [
+            sample_qk(3, 4, generator=gen, dtype=dtype),
+            sample_mlp_weights(5, 2, 3, generator=gen, dtype=dtype),
+        ]
     assert_follow(results + samples, x0.device, dtype)

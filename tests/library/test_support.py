@@ -1,4 +1,5 @@
 """Tasks, the training loop, plots and explorers: the support every chapter leans on."""
+
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import pytest
@@ -17,7 +18,9 @@ def test_associative_recall_is_seeded_and_consistent():
     assert torch.equal(a.keys, b.keys) and torch.equal(a.target, b.target)
     assert all(len(set(row.tolist())) == 5 for row in a.keys)  # distinct keys per sequence
     rows = torch.arange(64)
-    assert torch.equal(a.keys[rows, a.position], a.query) and torch.equal(a.values[rows, a.position], a.target)
+    assert torch.equal(a.keys[rows, a.position], a.query) and torch.equal(
+        a.values[rows, a.position], a.target
+    )
     with pytest.raises(ValueError, match="n_keys"):
         associative_recall(2, 10, 5, 3)
 
@@ -31,8 +34,17 @@ def _fit(seed):
         x = torch.randn(32, 3, generator=g)
         return x, x @ w.T
 
-    return train(model, batch, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), steps=200, lr=0.05, seed=seed,
-                 eval_fn=lambda m: {"w_err": (m.weight - w).abs().max().item()}, eval_every=100, progress=False)
+    return train(
+        model,
+        batch,
+        lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(),
+        steps=200,
+        lr=0.05,
+        seed=seed,
+        eval_fn=lambda m: {"w_err": (m.weight - w).abs().max().item()},
+        eval_every=100,
+        progress=False,
+    )
 
 
 def test_train_is_deterministic_and_learns():
