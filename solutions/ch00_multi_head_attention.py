@@ -3,7 +3,12 @@
 import math
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnbook.models import ModelConfig, TinyTransformer
+from attnbook.tasks import TwoKeyBatch, two_key_recall
+from attnbook.train import train
 
 
 def scaled_dot_product_attention(
@@ -45,3 +50,41 @@ def causal_mask(N: int, M: int | None = None) -> Tensor:
     M = N if M is None else M
     # query i sits at position i + (M - N) and sees keys j <= i + (M - N)
     return torch.ones(N, M, dtype=torch.bool).tril(diagonal=M - N)
+
+
+class TwoKeyEmbedding(nn.Module):
+    """Tokens of a two-key recall batch: one per (key, value) pair, then the query token."""
+
+    def __init__(self, n_keys: int = 12, n_values: int = 6, D: int = 24):
+        super().__init__()
+        self.key_emb = nn.Embedding(n_keys, D)
+        self.value_emb = nn.Embedding(n_values, D)
+        self.first = nn.Embedding(n_keys, D)  # the query's first key
+        self.second = nn.Embedding(n_keys, D)  # the query's second key
+
+    def forward(self, b: TwoKeyBatch) -> Tensor:
+        pairs = self.key_emb(b.keys) + self.value_emb(b.values)  # (B, n_pairs, D)
+        query = self.first(b.query[:, 0]) + self.second(b.query[:, 1])  # (B, D)
+        return torch.cat([pairs, query[:, None]], dim=1)  # (B, n_pairs + 1, D)
+
+
+def heads_experiment(H: int, seed: int) -> float:
+    torch.manual_seed(seed)
+    config = ModelConfig(D=24, H=H, layers=1, n_out=6 * 6, mlp_ratio=0, norm=False, causal=False)
+    model = TinyTransformer(config, embed=TwoKeyEmbedding())
+
+    def loss(m: nn.Module, b: TwoKeyBatch) -> Tensor:
+        return F.cross_entropy(m(b)[:, -1], b.target)  # the logits at the query token
+
+    train(
+        model,
+        lambda step, g: two_key_recall(64, 6, 12, 6, g),
+        loss,
+        steps=100,
+        lr=1e-2,
+        seed=seed,
+        progress=False,
+    )
+    test = two_key_recall(1000, 6, 12, 6, torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        return (model(test)[:, -1].argmax(-1) == test.target).float().mean().item()

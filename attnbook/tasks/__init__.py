@@ -5,10 +5,13 @@ from .drifting_layers import DriftBatch, drifting_layers
 from .linear_regression import RegressionPrompts, linear_regression_prompts
 from .mixed_lookup import MixedLookupBatch, mixed_lookup
 from .permutation_invariant import SetRegression, permutation_invariant_task
+from .two_key_recall import TwoKeyBatch, two_key_recall
 
 __all__ = [
     "RecallBatch",
     "associative_recall",  # ch. 00
+    "TwoKeyBatch",
+    "two_key_recall",  # ch. 00
     "SetRegression",
     "permutation_invariant_task",  # ch. 01
     "RegressionPrompts",

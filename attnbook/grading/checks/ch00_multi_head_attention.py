@@ -6,13 +6,20 @@ torch.nn.functional.scaled_dot_product_attention, torch.nn.MultiheadAttention, e
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..core import case, mistake, task
+from ...models import ModelConfig, TinyTransformer
+from ...tasks.two_key_recall import two_key_recall
+from ...train import train
+from ..core import CheckFailed, case, mistake, task
 from ..expect import describe, expect_close, expect_tuple, fresh_generator
+from ..process import forbid
 
 # (B, N, M, d, dtype, leading head axis?): N = 1, N ≠ M, non-powers of two, both dtypes.
 SDPA_CASES = [
@@ -38,27 +45,50 @@ def _scores(q, k, mask, scale):
     return s if mask is None else s.masked_fill(~mask, float("-inf"))
 
 
+def _extreme_qk(gen):
+    """Queries and keys whose scores reach about 1e3: exp(score) overflows in both dtypes."""
+    q = 40.0 * torch.randn(2, 4, 16, generator=gen, dtype=torch.float64)
+    k = 40.0 * torch.randn(2, 6, 16, generator=gen, dtype=torch.float64)
+    return q, k
+
+
 @task("ch00.scaled_dot_product_attention", points=3)
 def check_scaled_dot_product_attention(fn):
-    """softmax(q k^T / sqrt(d) + mask) v, returning (out, weights)."""
+    """softmax(q k^T / sqrt(d) + mask) v, returning (out, weights), written by hand."""
     gen, _ = fresh_generator()
+    cases = []
     for B, N, M, d, dtype, with_heads in SDPA_CASES:
         lead = (B, 2) if with_heads else (B,)
         q = torch.randn(*lead, N, d, generator=gen, dtype=dtype)
         k = torch.randn(*lead, M, d, generator=gen, dtype=dtype)
         v = torch.randn(*lead, M, d + 3, generator=gen, dtype=dtype)
-        for mask in (None, _random_mask((N, M), gen)):
-            with case():
-                out, weights = expect_tuple(fn(q.clone(), k.clone(), v.clone(), mask), ("out", "weights"))
-                ref_w = torch.softmax(_scores(q, k, mask, 1 / math.sqrt(d)), dim=-1)
-                expect_close(
-                    weights,
-                    ref_w,
-                    what="weights",
-                    hint="each query's weights over the M keys must sum to 1; hidden keys get exactly 0",
-                )
-                ref_out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-                expect_close(out, ref_out, what="out", hint="out = weights @ v")
+        cases += [(q, k, v, None), (q, k, v, _random_mask((N, M), gen))]
+    # last: scores of order 1e3, where exp(score) overflows unless the row max is subtracted first
+    q, k = _extreme_qk(gen)
+    cases.append((q, k, torch.randn(2, 6, 5, generator=gen, dtype=torch.float64), None))
+    for q, k, v, mask in cases:
+        with case():
+            # the lesson is the softmax itself: torch's fused SDPA may not stand in for it
+            with forbid(F.scaled_dot_product_attention, reason="compute softmax(q k^T / sqrt(d)) v yourself"):
+                returned = fn(q.clone(), k.clone(), v.clone(), mask)
+            out, weights = expect_tuple(returned, ("out", "weights"))
+            ref_w = torch.softmax(_scores(q, k, mask, 1 / math.sqrt(q.shape[-1])), dim=-1)
+            expect_close(weights, ref_w, what="weights", hint=_weights_hint(weights, mask))
+            ref_out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            expect_close(out, ref_out, what="out", hint="out = weights @ v")
+
+
+def _weights_hint(weights, mask) -> str:
+    """A hint for wrong weights that says what is wrong with them, not only that they differ."""
+    if not isinstance(weights, torch.Tensor) or not weights.is_floating_point():
+        return "return the weights as a float tensor (..., N, M)"
+    if not torch.isfinite(weights).all():
+        return "the weights hold NaN or inf: a score overflowed in exp() or 0 · inf appeared"
+    if mask is not None and weights.shape[-2:] == mask.shape and (weights[..., ~mask] != 0).any():
+        return "hidden keys must get exactly 0 weight: fill their scores with -inf before the softmax"
+    if not torch.allclose(weights.sum(-1), torch.ones((), dtype=weights.dtype), atol=1e-4):
+        return "each query's weights over the M keys must sum to 1 (softmax over the last axis)"
+    return "the rows sum to 1 but are not softmax(q k^T / sqrt(d)): check the scores and their scale"
 
 
 def _sdpa(q, k, v, mask, *, scale=None, dim=-1):
@@ -111,6 +141,36 @@ def sdpa_nan_from_inf_times_zero(q, k, v, mask=None):
         s = s + (~mask) * float("-inf")
     w = torch.softmax(s, dim=-1)
     return w @ v, w
+
+
+@mistake(
+    "ch00.scaled_dot_product_attention",
+    "scores divided by sqrt(d_v), the width of the VALUES; the scale uses the query/key width "
+    "d = q.shape[-1]",
+)
+def sdpa_scaled_by_value_width(q, k, v, mask=None):
+    return _sdpa(q, k, v, mask, scale=1 / math.sqrt(v.shape[-1]))
+
+
+@mistake(
+    "ch00.scaled_dot_product_attention",
+    "softmax written as exp(s) / Σ exp(s) without subtracting the row max: for scores near 1e3, exp "
+    "overflows to inf and inf / inf is NaN; subtract scores.amax(-1, keepdim=True) first",
+)
+def sdpa_naive_softmax(q, k, v, mask=None):
+    e = _scores(q, k, mask, 1 / math.sqrt(q.shape[-1])).exp()
+    w = e / e.sum(dim=-1, keepdim=True)
+    return w @ v, w
+
+
+@mistake(
+    "ch00.scaled_dot_product_attention",
+    "F.scaled_dot_product_attention does the exercise for you (and returns no weights); "
+    "write the scores, the masked softmax and weights @ v yourself",
+)
+def sdpa_calls_torch(q, k, v, mask=None):
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out, torch.softmax(_scores(q, k, mask, 1 / math.sqrt(q.shape[-1])), dim=-1)
 
 
 @mistake(
@@ -294,3 +354,132 @@ def causal_true_means_hidden(N, M=None):
 def causal_float_mask(N, M=None):
     M = N if M is None else M
     return torch.ones(N, M).tril(M - N)
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment exercise: one head against four at equal D on two-key recall (see the chapter).
+N_PAIRS, N_KEYS, N_VALUES, WIDTH, STEPS, LR, BATCH = 6, 12, 6, 24, 100, 1e-2, 64
+REFERENCE_SEEDS = (0, 1, 2)
+
+
+class _TwoKeyTokens(nn.Module):
+    """Pair tokens key_emb(k) + value_emb(v), then the query token first(a) + second(b)."""
+
+    def __init__(self):
+        super().__init__()
+        self.key_emb = nn.Embedding(N_KEYS, WIDTH)
+        self.value_emb = nn.Embedding(N_VALUES, WIDTH)
+        self.first = nn.Embedding(N_KEYS, WIDTH)
+        self.second = nn.Embedding(N_KEYS, WIDTH)
+
+    def forward(self, b):
+        pairs = self.key_emb(b.keys) + self.value_emb(b.values)  # (B, n_pairs, D)
+        query = self.first(b.query[:, 0]) + self.second(b.query[:, 1])  # (B, D)
+        return torch.cat([pairs, query[:, None]], dim=1)  # (B, n_pairs + 1, D)
+
+
+def _reference_heads_experiment(H: int, seed: int) -> float:
+    torch.manual_seed(seed)
+    config = ModelConfig(D=WIDTH, H=H, layers=1, n_out=N_VALUES**2, mlp_ratio=0, norm=False, causal=False)
+    model = TinyTransformer(config, embed=_TwoKeyTokens())
+    train(
+        model,
+        lambda step, g: two_key_recall(BATCH, N_PAIRS, N_KEYS, N_VALUES, g),
+        lambda m, b: F.cross_entropy(m(b)[:, -1], b.target),
+        steps=STEPS,
+        lr=LR,
+        seed=seed,
+        progress=False,
+    )
+    test = two_key_recall(1000, N_PAIRS, N_KEYS, N_VALUES, torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        return (model(test)[:, -1].argmax(-1) == test.target).float().mean().item()
+
+
+@functools.cache
+def _reference_accuracies(H: int) -> tuple[float, ...]:
+    """The reference experiment's test accuracy over REFERENCE_SEEDS (deterministic, computed once)."""
+    with torch.random.fork_rng(devices=[]):
+        return tuple(_reference_heads_experiment(H, s) for s in REFERENCE_SEEDS)
+
+
+def _accuracy(value, what: str) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise CheckFailed(f"{what}: return the test accuracy as a float, got {type(value).__name__}")
+    if not 0.0 <= value <= 1.0:
+        raise CheckFailed(f"{what}: an accuracy lies in [0, 1] (a fraction, not percent), got {value:.4g}")
+    return float(value)
+
+
+@task("ch00.heads_experiment", points=3, time_limit=90.0)
+def check_heads_experiment(fn):
+    """Test accuracy of the 1-layer two-key recall model with H heads, in the reference's range."""
+    with _one_thread():
+        _check_heads_experiment(fn)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Train on one thread: models this small are as fast on one, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_heads_experiment(fn):
+    gen, _ = fresh_generator()
+    seed = int(torch.randint(10, 1000, (1,), generator=gen))
+    four, one = _reference_accuracies(4), _reference_accuracies(1)
+    # The range the reference spans over its seeds, widened by its spread. Four heads are
+    # reliable (0.89 to 1.0 over 8 seeds); a single head is not (0.17 to 0.70 over 8 seeds: it
+    # sometimes finds an unequal split of its weight between the two keys), so its margin is wider.
+    low4 = min(four) - max(0.1, 2 * (max(four) - min(four)))
+    high1 = max(one) + max(0.25, 3 * (max(one) - min(one)))
+    got = {}
+    with case():
+        acc4 = got[4] = _accuracy(fn(4, seed), "heads_experiment(H=4)")
+        if acc4 < low4:
+            raise CheckFailed(
+                f"heads_experiment(4, seed={seed}) = {acc4:.3f}; the reference reaches "
+                f"{min(four):.3f} to {max(four):.3f} over seeds {REFERENCE_SEEDS}, so expect >= {low4:.3f}",
+                hint="train the whole model (embeddings included) for the given steps and learning rate, "
+                "and read the logits at the LAST position (the query token)",
+            )
+    with case():
+        acc1 = _accuracy(fn(1, seed), "heads_experiment(H=1)")
+        if not (1 / N_VALUES**2 <= acc1 <= high1):
+            raise CheckFailed(
+                f"heads_experiment(1, seed={seed}) = {acc1:.3f}; the reference's single head reaches "
+                f"{min(one):.3f} to {max(one):.3f} over seeds {REFERENCE_SEEDS}, so expect "
+                f"{1 / N_VALUES**2:.3f} (chance) to {high1:.3f}",
+                hint="ModelConfig(..., H=H): the number of heads is the only thing that changes",
+            )
+        if 4 in got and got[4] - acc1 < 0.1:
+            raise CheckFailed(
+                f"with seed={seed}, 4 heads reach {got[4]:.3f} and 1 head {acc1:.3f}: "
+                f"the reference's 4 heads beat its single head by {min(four) - max(one):.2f} or more",
+                hint="ModelConfig(..., H=H): the number of heads is the only thing that changes",
+            )
+
+
+# The two mistakes below answer from the cached reference runs (seed 0) rather than training again,
+# which keeps the generated tests fast; what each returns is what the mistake produces.
+@mistake(
+    "ch00.heads_experiment",
+    "the accuracy was returned in percent; return the fraction of correct test answers, in [0, 1]",
+)
+def heads_experiment_in_percent(H, seed):
+    return 100 * _reference_accuracies(H)[0]
+
+
+@mistake(
+    "ch00.heads_experiment",
+    "the model always gets 4 heads (H is ignored): build it with ModelConfig(..., H=H)",
+)
+def heads_experiment_ignores_H(H, seed):
+    return _reference_accuracies(4)[0]
