@@ -81,6 +81,28 @@ def test_equals_masked_multi_head_attention_on_the_full_sequence():
     torch.testing.assert_close(icl_attention(Z, zq, A, u), ref, atol=1e-10, rtol=1e-10)
 
 
+def test_a_stack_of_models_is_one_model_at_a_time():
+    """Leading axes of the weights: S models in one call equal S separate calls."""
+    g = torch.Generator().manual_seed(7)
+    Z, zq, _, _ = _prompts(4, 9, 3)
+    w = [torch.randn(5, 2, 4, 4, generator=g, **f64) for _ in range(3)]
+    w_o = torch.randn(5, 2, 4, generator=g, **f64)
+    W_kq, u = merge_projections(*w, w_o)  # (S, H, D, D), (S, H, D)
+    assert W_kq.shape == (5, 2, 4, 4) and u.shape == (5, 2, 4)
+    one_by_one = [merge_projections(*(t[s] for t in w), w_o[s]) for s in range(5)]
+    torch.testing.assert_close(
+        icl_attention(Z, zq, W_kq, u), torch.stack([icl_attention(Z, zq, *m) for m in one_by_one])
+    )
+    torch.testing.assert_close(
+        linear_icl_attention(Z, zq, W_kq, u),
+        torch.stack([linear_icl_attention(Z, zq, *m) for m in one_by_one]),
+    )
+    with pytest.raises(ValueError, match="u must have shape"):
+        icl_attention(Z, zq, W_kq, u[0])
+    with pytest.raises(ValueError, match="one model"):
+        extract_omega_mu(W_kq, u)
+
+
 def test_permutation_invariance_and_single_token():
     g = torch.Generator().manual_seed(2)
     Z, zq, _, _ = _prompts(4, 11, 5)
@@ -157,14 +179,14 @@ def test_reduced_loss_optima():
     d, L, s2 = 5, 40, 0.1
     w, m = single_head_optimum(d, L, s2)
     assert math.isclose(w, 1 / math.sqrt(5)) and math.isclose(m, math.sqrt(5) / (1 + 1.1 * 5 * math.e / 40))
-    best = reduced_loss(torch.tensor([w]), torch.tensor([m]), d=d, L=L, sigma2=s2)
+    best = reduced_loss(torch.tensor([w]), torch.tensor([m]), d_x=d, M=L, sigma2=s2)
     for dw in (-0.05, 0.05):
         for dm in (-0.1, 0.0, 0.1):
-            assert reduced_loss(torch.tensor([w + dw]), torch.tensor([m + dm]), d=d, L=L, sigma2=s2) > best
+            assert reduced_loss(torch.tensor([w + dw]), torch.tensor([m + dm]), d_x=d, M=L, sigma2=s2) > best
     # A ±ω pair with ω -> 0 and 2ωμ = η* reaches 1 + σ² - η*, below the single head's best.
     eta = paired_optimal_step(d, L, s2)
     pair_mu = torch.tensor([eta / 2e-4, -eta / 2e-4])
-    small = reduced_loss(torch.tensor([1e-4, -1e-4]), pair_mu, d=d, L=L, sigma2=s2)
+    small = reduced_loss(torch.tensor([1e-4, -1e-4]), pair_mu, d_x=d, M=L, sigma2=s2)
     assert abs(small.item() - (1 + s2 - eta)) < 1e-3 and small < best
     step = effective_step(torch.tensor([0.2, -0.2]), torch.tensor([2.0, -2.0])).item()
     assert math.isclose(step, 0.8, rel_tol=1e-6)
@@ -192,7 +214,7 @@ def test_bad_shapes_name_the_argument():
         icl_attention(Z[0], zq, A, u)
     with pytest.raises(ValueError, match="zq must have shape"):
         icl_attention(Z, zq[:, :3], A, u)
-    with pytest.raises(ValueError, match="A must have shape"):
+    with pytest.raises(ValueError, match="W_kq must have shape"):
         icl_attention(Z, zq, A[:, :3], u)
     with pytest.raises(ValueError, match="u must have shape"):
         icl_attention(Z, zq, A, u[:1])
@@ -218,13 +240,13 @@ def test_bad_dtypes_sizes_and_values_get_attnbook_errors_not_torch_errors():
     with pytest.raises(ValueError, match=r"omega and mu must both be \(H,\)"):
         effective_step(torch.ones(2), torch.ones(3))
     # sizes must be integers
-    with pytest.raises(TypeError, match="d must be an integer"):
+    with pytest.raises(TypeError, match="d_x must be an integer"):
         ICLRegressor(3.0, 2)
     with pytest.raises(TypeError, match="L must be an integer"):
         linear_regression_prompts(2, 3.5, 2)
     with pytest.raises(TypeError, match="D must be an integer"):
         constructed_weights(torch.ones(2), torch.ones(2), 4.5)
-    with pytest.raises(TypeError, match="L must be an integer"):
+    with pytest.raises(TypeError, match="M must be an integer"):
         single_head_optimum(3, 40.0, 0.1)
     with pytest.raises(TypeError, match="dtype must be a floating"):
         linear_regression_prompts(2, 3, 2, dtype=torch.int64)
@@ -263,7 +285,7 @@ def test_created_tensors_follow_the_inputs_device_and_dtype(device, dtype):
             ridge_predict(Z, zq, 0.5),
             model(Z, zq),
         ]
-        loss = reduced_loss(omega, mu, d=3, L=7, sigma2=0.1)
+        loss = reduced_loss(omega, mu, d_x=3, M=7, sigma2=0.1)
     assert_follow(results, Z.device, dtype)
     assert loss.device == Z.device and loss.dtype == torch.float64  # the reduced loss is always float64
 

@@ -8,20 +8,29 @@ forward pass, explicit loops for debiased GD and for reading (ω, μ), and least
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
 from ..core import CheckFailed, case, mistake, task
-from ..expect import describe, expect_close, expect_tensor, expect_tuple, fresh_generator, fresh_seed
+from ..expect import (
+    describe,
+    describe_value,
+    expect_close,
+    expect_tensor,
+    expect_tuple,
+    fresh_generator,
+    fresh_seed,
+)
 
 
 # --------------------------------------------------------------------------------------------
 # ch02.icl_batch
 # --------------------------------------------------------------------------------------------
 def _call_batch(fn, B, L, d, sigma2, seed):
-    what = describe({"B": B, "L": L, "d": d, "sigma2": sigma2})
+    what = describe({"B": B, "M": L, "d_x": d, "sigma2": sigma2})
     Z, zq, yq = expect_tuple(
         fn(B, L, d, sigma2, torch.Generator().manual_seed(seed)), ("Z", "zq", "yq"), what
     )
@@ -33,7 +42,7 @@ def _call_batch(fn, B, L, d, sigma2, seed):
 
 @task("ch02.icl_batch", points=2)
 def check_icl_batch(fn):
-    """Prompts (Z, zq, yq): x ~ N(0, I), β ~ N(0, I/d), y = βᵀx + ε with Var ε = σ², zq = [x_q; 0]."""
+    """Prompts (Z, zq, yq): x ~ N(0, I), β ~ N(0, I/d_x), y = βᵀx + ξ with Var ξ = σ², zq = [x_q; 0]."""
     seed = fresh_seed()
     with case():  # reproducible through the generator, and different for another seed
         first, again, other = (_call_batch(fn, 4, 6, 3, 0.1, s) for s in (seed, seed, seed + 1))
@@ -51,7 +60,7 @@ def check_icl_batch(fn):
             _check_prompt_statistics(
                 *_call_batch(fn, B, L, d, sigma2, seed),
                 sigma2,
-                describe({"B": B, "L": L, "d": d, "sigma2": sigma2}),
+                describe({"B": B, "M": L, "d_x": d, "sigma2": sigma2}),
             )
 
 
@@ -64,7 +73,7 @@ def _check_prompt_statistics(Z, zq, yq, sigma2, case_text):
     mean, var = x.mean().item(), x.var().item()
     if abs(mean) > 0.03 or abs(var - 1) > 0.05:
         raise CheckFailed(
-            f"the covariates x (Z[..., :d] and zq[:, :d]) should be N(0, I): got mean {mean:.3f}, "
+            f"the covariates x (Z[..., :-1] and zq[:, :-1]) should be N(0, I): got mean {mean:.3f}, "
             f"variance {var:.3f} for {case_text}"
         )
     # Per-prompt least squares of y on x: β̂ = β + noise, residual variance ≈ σ².
@@ -84,12 +93,12 @@ def _check_prompt_statistics(Z, zq, yq, sigma2, case_text):
     expected_norm2 = 1 + sigma2 * tr_inv
     if abs(spread - expected_norm2 / d) > 0.25 / d:
         raise CheckFailed(
-            f"across prompts the fitted β should vary with variance ≈ 1/d = {1 / d:.3f} per coordinate "
-            f"(a fresh β ~ N(0, I/d) for every prompt); they vary by {spread:.4f} for {case_text}"
+            f"across prompts the fitted β should vary with variance ≈ 1/d_x = {1 / d:.3f} per coordinate "
+            f"(a fresh β ~ N(0, I/d_x) for every prompt); they vary by {spread:.4f} for {case_text}"
         )
     if abs(norm2 - expected_norm2) > 0.12:
         raise CheckFailed(
-            f"E‖β‖² should be 1 (β ~ N(0, I/d)); the per-prompt least-squares fits give "
+            f"E‖β‖² should be 1 (β ~ N(0, I/d_x)); the per-prompt least-squares fits give "
             f"{norm2:.3f} (expected ≈ {expected_norm2:.3f}) for {case_text}"
         )
     # The query's target uses the same β and fresh noise of the same variance.
@@ -98,8 +107,8 @@ def _check_prompt_statistics(Z, zq, yq, sigma2, case_text):
     if abs(r2 - expected_r2) > 0.15 * expected_r2 + 5e-3:
         raise CheckFailed(
             f"the query target does not fit the prompt's β: mean (y_q - x_qᵀβ̂)² = {r2:.4f}, "
-            f"expected ≈ {expected_r2:.4f} for {case_text}: y_q = βᵀx_q + ε_q, with the prompt's "
-            "β and fresh noise ε_q ~ N(0, sigma2)"
+            f"expected ≈ {expected_r2:.4f} for {case_text}: y_q = βᵀx_q + ξ_q, with the prompt's "
+            "β and fresh noise ξ_q ~ N(0, sigma2)"
         )
 
 
@@ -135,10 +144,11 @@ def _batch(
 
 @mistake(
     "ch02.icl_batch",
-    "β was drawn from N(0, I), so E‖β‖² = d; draw β ~ N(0, I/d) (divide by sqrt(d)) so that Var(βᵀx) = 1",
+    "β was drawn from N(0, I), so E‖β‖² = d_x; draw β ~ N(0, I/d_x) (divide by sqrt(d_x)) so that "
+    "Var(βᵀx) = 1",
 )
-def batch_beta_standard_normal(B, L, d, sigma2, generator):
-    return _batch(B, L, d, sigma2, generator, beta_scale=1.0)
+def batch_beta_standard_normal(B, M, d_x, sigma2, generator):
+    return _batch(B, M, d_x, sigma2, generator, beta_scale=1.0)
 
 
 @mistake(
@@ -146,42 +156,42 @@ def batch_beta_standard_normal(B, L, d, sigma2, generator):
     "the noise's standard deviation is sigma2 (its variance σ⁴); sigma2 is the VARIANCE: "
     "multiply N(0, 1) noise by sqrt(sigma2)",
 )
-def batch_noise_std_is_sigma2(B, L, d, sigma2, generator):
-    return _batch(B, L, d, sigma2, generator, noise_std=sigma2)
+def batch_noise_std_is_sigma2(B, M, d_x, sigma2, generator):
+    return _batch(B, M, d_x, sigma2, generator, noise_std=sigma2)
 
 
 @mistake(
     "ch02.icl_batch",
     "the noise is N(0, 1) whatever sigma2 is; scale it to variance sigma2 (times sqrt(sigma2))",
 )
-def batch_unscaled_noise(B, L, d, sigma2, generator):
-    return _batch(B, L, d, sigma2, generator, noise_std=1.0)
+def batch_unscaled_noise(B, M, d_x, sigma2, generator):
+    return _batch(B, M, d_x, sigma2, generator, noise_std=1.0)
 
 
 @mistake(
     "ch02.icl_batch", "zq[:, -1] holds y_q, so the model would read the answer; the query's label slot is 0"
 )
-def batch_label_in_query(B, L, d, sigma2, generator):
-    return _batch(B, L, d, sigma2, generator, query_label=True)
+def batch_label_in_query(B, M, d_x, sigma2, generator):
+    return _batch(B, M, d_x, sigma2, generator, query_label=True)
 
 
 @mistake(
-    "ch02.icl_batch", "y_q has no noise; it is βᵀx_q + ε_q with ε_q ~ N(0, sigma2), like the context labels"
+    "ch02.icl_batch", "y_q has no noise; it is βᵀx_q + ξ_q with ξ_q ~ N(0, sigma2), like the context labels"
 )
-def batch_noiseless_query(B, L, d, sigma2, generator):
-    return _batch(B, L, d, sigma2, generator, noiseless_query=True)
+def batch_noiseless_query(B, M, d_x, sigma2, generator):
+    return _batch(B, M, d_x, sigma2, generator, noiseless_query=True)
 
 
 @mistake("ch02.icl_batch", "y_q was drawn with another β; it uses the SAME β as the prompt's context labels")
-def batch_query_from_another_beta(B, L, d, sigma2, generator):
-    return _batch(B, L, d, sigma2, generator, fresh_query_beta=True)
+def batch_query_from_another_beta(B, M, d_x, sigma2, generator):
+    return _batch(B, M, d_x, sigma2, generator, fresh_query_beta=True)
 
 
 @mistake(
-    "ch02.icl_batch", "one β is shared by all the prompts; draw a fresh β for every prompt (shape (B, d))"
+    "ch02.icl_batch", "one β is shared by all the prompts; draw a fresh β for every prompt (shape (B, d_x))"
 )
-def batch_one_beta_for_all_prompts(B, L, d, sigma2, generator):
-    return _batch(B, L, d, sigma2, generator, shared_beta=True)
+def batch_one_beta_for_all_prompts(B, M, d_x, sigma2, generator):
+    return _batch(B, M, d_x, sigma2, generator, shared_beta=True)
 
 
 @mistake(
@@ -189,15 +199,15 @@ def batch_one_beta_for_all_prompts(B, L, d, sigma2, generator):
     "the draws ignore the `generator` argument (torch's global generator was used); pass "
     "generator=generator to every torch.randn",
 )
-def batch_ignores_generator(B, L, d, sigma2, generator):
-    return _batch(B, L, d, sigma2, None)
+def batch_ignores_generator(B, M, d_x, sigma2, generator):
+    return _batch(B, M, d_x, sigma2, None)
 
 
 # --------------------------------------------------------------------------------------------
 # ch02.icl_forward
 # --------------------------------------------------------------------------------------------
 def _sdpa_reference(Z, zq, A, u):
-    """ŷ through torch's SDPA: q_h = A_h z_q, k_ℓ = z_ℓ (scale 1/sqrt(D)), v_{hℓ} = u_hᵀ z_ℓ."""
+    """ŷ through torch's SDPA: q_h = W_KQ^h z_q, k_j = z_j (scale 1/sqrt(D)), v_{hj} = u_hᵀ z_j."""
     B, L, D = Z.shape
     H = A.shape[0]
     q = torch.einsum("hde,be->bhd", A, zq)[:, :, None, :]  # (B, H, 1, D)
@@ -208,7 +218,7 @@ def _sdpa_reference(Z, zq, A, u):
 
 @task("ch02.icl_forward", points=3)
 def check_icl_forward(fn):
-    """ŷ = Σ_h Σ_ℓ softmax_ℓ(z_ℓᵀ A_h z_q / sqrt(D)) u_hᵀ z_ℓ over the L context tokens only."""
+    """ŷ = Σ_h Σ_j softmax_j(z_jᵀ W_KQ^h z_q / sqrt(D)) u_hᵀ z_j over the M context tokens only."""
     gen, _ = fresh_generator()
     for B, H, L, D, dtype in [
         (4, 3, 7, 6, torch.float64),
@@ -220,7 +230,7 @@ def check_icl_forward(fn):
         with case():
             Z = torch.randn(B, L, D, generator=gen, dtype=dtype)
             zq = _query(B, D, gen, dtype)
-            A = torch.randn(H, D, D, generator=gen, dtype=dtype)  # not symmetric: a transpose shows
+            A = torch.randn(H, D, D, generator=gen, dtype=dtype)  # W_KQ, not symmetric: a transpose shows
             u = torch.randn(H, D, generator=gen, dtype=dtype)
             # one context token: its weight is 1 in every head, so ŷ = Σ_h u_hᵀ z_1 exactly
             ref = (u @ Z[:, 0].T).sum(0) if L == 1 else _sdpa_reference(Z, zq, A, u)
@@ -228,7 +238,8 @@ def check_icl_forward(fn):
                 fn(Z.clone(), zq.clone(), A.clone(), u.clone()),
                 ref,
                 what="ŷ",
-                hint="per head: scores (B, L), softmax over L, weighted sum of u_hᵀ z_ℓ; then sum the heads",
+                hint="per head: scores (B, M), softmax over the M context tokens, weighted sum of u_hᵀ z_j; "
+                "then sum the heads",
             )
     with case():  # permutation invariance over the context pairs
         Z = torch.randn(3, 9, 5, generator=gen, dtype=torch.float64)
@@ -262,13 +273,15 @@ def _forward(Z, zq, A, u, *, scale=None, with_self=False, softmax_dim=-1, transp
     return (p * v).sum((1, 2))
 
 
-@mistake("ch02.icl_forward", "the query attends to itself too; it must see only the L context tokens")
+@mistake("ch02.icl_forward", "the query attends to itself too; it must see only the M context tokens")
 def forward_query_attends_to_itself(Z, zq, A, u):
     return _forward(Z, zq, A, u, with_self=True)
 
 
 @mistake(
-    "ch02.icl_forward", "scores scaled by 1/sqrt(d) with d = D - 1; the scale is 1/sqrt(D), the token width"
+    "ch02.icl_forward",
+    "scores scaled by 1/sqrt(d_x) with d_x = D - 1 covariates; the scale is 1/sqrt(D), the token "
+    "width (every head is full width, d = D)",
 )
 def forward_scaled_by_sqrt_d(Z, zq, A, u):
     return _forward(Z, zq, A, u, scale=1 / math.sqrt(Z.shape[-1] - 1))
@@ -280,13 +293,16 @@ def forward_unscaled(Z, zq, A, u):
 
 
 @mistake(
-    "ch02.icl_forward", "softmax over the heads; it runs over the L context tokens, separately in each head"
+    "ch02.icl_forward", "softmax over the heads; it runs over the M context tokens, separately in each head"
 )
 def forward_softmax_over_heads(Z, zq, A, u):
     return _forward(Z, zq, A, u, softmax_dim=1)
 
 
-@mistake("ch02.icl_forward", "A_h transposed: the score is z_ℓᵀ A_h z_q (key on the left), not z_qᵀ A_h z_ℓ")
+@mistake(
+    "ch02.icl_forward",
+    "W_KQ^h transposed: the score is z_jᵀ W_KQ^h z_q (key on the left), not z_qᵀ W_KQ^h z_j",
+)
 def forward_transposed_kq(Z, zq, A, u):
     return _forward(Z, zq, A, u, transpose=True)
 
@@ -300,7 +316,7 @@ def forward_mean_over_heads(Z, zq, A, u):
 # ch02.debiased_gd
 # --------------------------------------------------------------------------------------------
 def _dgd_loop(Z, zq, eta):
-    """(η/L) Σ_ℓ y_ℓ (x_ℓ - x̄)ᵀ x_q with explicit loops over prompts and tokens."""
+    """(η/M) Σ_j y_j (x_j - x̄)ᵀ x_q with explicit loops over prompts and tokens."""
     B, L, D = Z.shape
     out = torch.zeros(B, dtype=Z.dtype)
     for b in range(B):
@@ -311,7 +327,7 @@ def _dgd_loop(Z, zq, eta):
 
 @task("ch02.debiased_gd", points=2)
 def check_debiased_gd(fn):
-    """ŷ = (η/L) Σ_ℓ y_ℓ (x_ℓ - x̄)ᵀ x_q: invariant to y_ℓ → y_ℓ + c."""
+    """ŷ = (η/M) Σ_j y_j (x_j - x̄)ᵀ x_q: invariant to y_j → y_j + κ."""
     gen, _ = fresh_generator()
     for B, L, D, dtype in [
         (4, 9, 6, torch.float64),
@@ -328,9 +344,9 @@ def check_debiased_gd(fn):
                 fn(Z.clone(), zq.clone(), eta),
                 _dgd_loop(Z, zq, eta),
                 what=f"ŷ for eta={eta:.3f}",
-                hint="x̄ = Z[..., :-1].mean(1); ŷ = η/L · Σ_ℓ y_ℓ (x_ℓ - x̄)·x_q",
+                hint="x̄ = Z[..., :-1].mean(1); ŷ = η/M · Σ_j y_j (x_j - x̄)·x_q",
             )
-    with case():  # the debiasing property, stated on its own: shift every context label by c
+    with case():  # the debiasing property, stated on its own: shift every context label by κ
         Z = torch.randn(3, 11, 5, generator=gen, dtype=torch.float64) + 0.5
         zq = _query(3, 5, gen, torch.float64)
         shifted = Z.clone()
@@ -338,7 +354,7 @@ def check_debiased_gd(fn):
         expect_close(
             fn(shifted, zq.clone(), 0.8),
             fn(Z.clone(), zq.clone(), 0.8).detach(),
-            what="ŷ after adding c = 2.5 to every context label (debiased GD must not change)",
+            what="ŷ after adding κ = 2.5 to every context label (debiased GD must not change)",
         )
 
 
@@ -354,40 +370,49 @@ def _gd(Z, zq, eta, *, centre=True, centre_query=False, mean_with_query=False, n
 
 @mistake(
     "ch02.debiased_gd",
-    "vanilla GD: the covariates x_ℓ are not centred (subtract x̄ = mean of the context x_ℓ)",
+    "vanilla GD: the covariates x_j are not centred (subtract x̄ = mean of the context x_j)",
 )
 def dgd_no_centring(Z, zq, eta):
     return _gd(Z, zq, eta, centre=False)
 
 
-@mistake("ch02.debiased_gd", "x_q is centred too; only the context covariates are centred")
+_WHY_XQ_STAYS = (
+    "x_q stays as it is because the centring comes from the softmax: it subtracts the mean score over "
+    "the context keys, s_j - s̄ = (x_j - x̄)ᵀx_q, and x_q is the same in every score; and the target "
+    "is βᵀx_q (the labels have no intercept), so the estimate β̂ = (η/M) Σ_j y_j (x_j - x̄) is "
+    "applied to x_q itself, not to x_q - x̄"
+)
+
+
+@mistake("ch02.debiased_gd", "x_q is centred too; only the context covariates are centred. " + _WHY_XQ_STAYS)
 def dgd_centres_query_too(Z, zq, eta):
     return _gd(Z, zq, eta, centre_query=True)
 
 
 @mistake(
-    "ch02.debiased_gd", "x_q is centred instead of the context covariates; centre the x_ℓ by x̄ and keep x_q"
+    "ch02.debiased_gd",
+    "x_q is centred instead of the context covariates; centre the x_j by x̄ and keep x_q. " + _WHY_XQ_STAYS,
 )
 def dgd_centres_only_query(Z, zq, eta):
     return _gd(Z, zq, eta, centre=False, centre_query=True)
 
 
-@mistake("ch02.debiased_gd", "x̄ includes x_q; it is the mean of the L context covariates only")
+@mistake("ch02.debiased_gd", "x̄ includes x_q; it is the mean of the M context covariates only")
 def dgd_mean_with_query(Z, zq, eta):
     return _gd(Z, zq, eta, mean_with_query=True)
 
 
-@mistake("ch02.debiased_gd", "the 1/L factor is missing")
+@mistake("ch02.debiased_gd", "the 1/M factor is missing")
 def dgd_missing_one_over_L(Z, zq, eta):
     return _gd(Z, zq, eta, norm=1)
 
 
-@mistake("ch02.debiased_gd", "divided by L - 1 instead of L")
+@mistake("ch02.debiased_gd", "divided by M - 1 instead of M")
 def dgd_divided_by_L_minus_1(Z, zq, eta):
     return _gd(Z, zq, eta, norm=Z.shape[1] - 1)
 
 
-@mistake("ch02.debiased_gd", "the labels were read from Z[..., 0]; y_ℓ is the LAST column, Z[..., -1]")
+@mistake("ch02.debiased_gd", "the labels were read from Z[..., 0]; y_j is the LAST column, Z[..., -1]")
 def dgd_label_from_first_column(Z, zq, eta):
     return _gd(Z, zq, eta, label=0)
 
@@ -406,7 +431,7 @@ def _pattern_reference(A, u):
 
 
 def _trained_like(H, D, gen, dtype):
-    """(A, u) shaped like a trained model's: ω_h on A's x-diagonal, μ_h in u's last entry, plus noise."""
+    """(W_KQ, u) shaped like a trained model's: ω_h on the x-diagonal, μ_h in u's last entry, plus noise."""
     d = D - 1
     sign = torch.where(torch.arange(H) % 2 == 0, 1.0, -1.0).to(dtype)
     omega_true = (torch.rand(H, generator=gen, dtype=dtype) + 0.2) * sign
@@ -423,7 +448,7 @@ def _trained_like(H, D, gen, dtype):
 
 @task("ch02.extract_omega_mu", points=2)
 def check_extract_omega_mu(fn):
-    """ω_h = mean diag(A_h[:d, :d]) / sqrt(D), μ_h = u_h[-1], off-diagonal ratio on A's first d columns."""
+    """ω_h = mean diag(W_KQ^h[:d_x, :d_x]) / sqrt(D), μ_h = u_h[-1], off-diagonal ratio on d_x columns."""
     gen, _ = fresh_generator()
     for H, D, dtype in [
         (2, 6, torch.float64),
@@ -449,7 +474,7 @@ def check_extract_omega_mu(fn):
 
 
 def _pattern(A, u, *, omega_width=None, corner=False, mu=None, rows=slice(None), cols=None, no_y_row=False):
-    """(ω, μ, ratio) with switchable mistakes; the ratio's block is A[:, rows, cols]."""
+    """(ω, μ, ratio) with switchable mistakes; the ratio's block is W_KQ[:, rows, cols]."""
     D = A.shape[-1]
     d = D - 1
     diag = torch.diagonal(A, dim1=-2, dim2=-1)
@@ -465,19 +490,20 @@ def _pattern(A, u, *, omega_width=None, corner=False, mu=None, rows=slice(None),
 
 @mistake(
     "ch02.extract_omega_mu",
-    "the 1/sqrt(D) is missing: the score divides z_ℓᵀ A z_q by sqrt(D), so ω = diag / sqrt(D)",
+    "the 1/sqrt(D) is missing: the score divides z_jᵀ W_KQ z_q by sqrt(D), so ω = diag / sqrt(D)",
 )
 def pattern_forgets_sqrt_D(A, u):
     return _pattern(A, u, omega_width=1.0)
 
 
-@mistake("ch02.extract_omega_mu", "divided by sqrt(d) instead of sqrt(D) = sqrt(d + 1)")
+@mistake("ch02.extract_omega_mu", "divided by sqrt(d_x) instead of sqrt(D) = sqrt(d_x + 1)")
 def pattern_sqrt_d(A, u):
     return _pattern(A, u, omega_width=A.shape[-1] - 1)
 
 
 @mistake(
-    "ch02.extract_omega_mu", "the y–y corner A[d, d] is averaged into ω; use only the d x-diagonal entries"
+    "ch02.extract_omega_mu",
+    "the y–y corner W_KQ[-1, -1] is averaged into ω; use only the d_x x-diagonal entries",
 )
 def pattern_y_corner_in_omega(A, u):
     return _pattern(A, u, corner=True)
@@ -495,7 +521,7 @@ def pattern_mu_sums_u(A, u):
 
 @mistake(
     "ch02.extract_omega_mu",
-    "the transposed block: the entries acting on x_q are A[:, :, :d] (the first d "
+    "the transposed block: the entries acting on x_q are W_KQ[:, :, :d_x] (the first d_x "
     "COLUMNS), not the first d rows",
 )
 def pattern_transposed_block(A, u):
@@ -505,14 +531,102 @@ def pattern_transposed_block(A, u):
 
 @mistake(
     "ch02.extract_omega_mu",
-    "the whole matrix is used; A's last column multiplies z_q's empty label slot and never matters",
+    "the whole matrix is used; W_KQ's last column multiplies z_q's empty label slot and never matters",
 )
 def pattern_whole_matrix(A, u):
     return _pattern(A, u, cols=slice(None))
 
 
 @mistake(
-    "ch02.extract_omega_mu", "the y-row A[d, :d] is left out; a score that depends on y_ℓ is off-pattern too"
+    "ch02.extract_omega_mu",
+    "the y-row W_KQ[-1, :d_x] is left out; a score that depends on y_j is off-pattern too",
 )
 def pattern_without_y_row(A, u):
     return _pattern(A, u, no_y_row=True)
+
+
+# --------------------------------------------------------------------------------------------
+# ch02.pair_distance_to_dgd (an experiment: the grader runs it itself, over seeds)
+# --------------------------------------------------------------------------------------------
+PAIR_ETA, PAIR_PROMPTS, PAIR_M, PAIR_DX, PAIR_SIGMA2 = 0.9, 8000, 40, 5, 0.1
+
+
+@functools.lru_cache(maxsize=1024)  # the engine replays a check once per declared mistake
+def _pair_experiment(omega, seed, *, heads=2, mu_scale=0.5, score_scale=1.0, root=True):
+    """Relative RMS distance of an (ω, μ), (-ω, -μ) pair to debiased GD, with switchable mistakes.
+
+    Written from the kernel-smoother form (2), ŷ = Σ_h μ_h Σ_j y_j softmax_j(ω_h x_jᵀx_q), not
+    through W_KQ: the learner builds the weights, the reference does not need them.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    Z, zq, _ = _batch(PAIR_PROMPTS, PAIR_M, PAIR_DX, PAIR_SIGMA2, gen)
+    Z, zq = Z.double(), zq.double()
+    mu = mu_scale * PAIR_ETA / omega  # the pair: η = Σ_h μ_h ω_h = 2ωμ
+    signs = (1.0, -1.0)[:heads]
+    s = torch.einsum("bjd,bd->bj", Z[..., :-1], zq[:, :-1]) * score_scale  # x_jᵀ x_q
+    pred = sum(sg * mu * (torch.softmax(sg * omega * s, -1) * Z[..., -1]).sum(-1) for sg in signs)
+    target = _gd(Z, zq, PAIR_ETA)
+    ratio = (pred - target).pow(2).mean() / target.pow(2).mean()
+    return (ratio.sqrt() if root else ratio).item()
+
+
+@task("ch02.pair_distance_to_dgd", points=2)
+def check_pair_distance_to_dgd(fn):
+    """The experiment of §3: how far the ±ω pair is from debiased GD, against the grader's own runs."""
+    base = fresh_seed()
+    for omega in (0.05, 0.2, 0.4):
+        with case():
+            runs = torch.tensor([_pair_experiment(omega, base + 1000 + r) for r in range(8)])
+            mean, spread = runs.mean().item(), runs.std().item()
+            # k·spread over 8 seeds, and at least 40 % of the mean: the distance has a heavy right tail
+            # (over 300 seeds it reached +27 % at omega = 0.05); every declared mistake is off by >= 3×
+            half = max(4 * spread, 0.4 * mean)
+            got = fn(omega, base)
+            try:
+                got = float(got)
+            except (TypeError, ValueError, RuntimeError):
+                raise CheckFailed(
+                    f"return one float (the relative distance), got {describe_value(got)}"
+                ) from None
+            if not abs(got - mean) <= half:
+                raise CheckFailed(
+                    f"for omega={omega} the relative distance to debiased GD should lie in "
+                    f"{mean:.4f} ± {half:.4f} (the grader's runs over 8 seeds); got {got:.4f}",
+                    hint="heads (ω, μ) and (-ω, -μ) with μ = η/(2ω), W_KQ^h = sqrt(D)·ω_h·diag(I, 0), "
+                    "u_h = μ_h e_D; distance = sqrt(mean (ŷ - ŷ_dGD)² / mean ŷ_dGD²)",
+                )
+
+
+@mistake(
+    "ch02.pair_distance_to_dgd",
+    "one head with μ = η/ω: a single head keeps its μ·ȳ term, so it is far from debiased GD at "
+    "every ω; the experiment needs the pair (ω, μ), (-ω, -μ)",
+)
+def pair_single_head(omega, seed):
+    return _pair_experiment(omega, seed, heads=1, mu_scale=1.0)
+
+
+@mistake(
+    "ch02.pair_distance_to_dgd",
+    "each head got μ = η/ω, so the pair's step is 2η; η = Σ_h μ_h ω_h = 2ωμ, so μ = η/(2ω)",
+)
+def pair_mu_twice(omega, seed):
+    return _pair_experiment(omega, seed, mu_scale=1.0)
+
+
+@mistake(
+    "ch02.pair_distance_to_dgd",
+    "W_KQ^h = ω_h·diag(I, 0) without the sqrt(D): the score divides by sqrt(D), so the heads "
+    "run at ω/sqrt(D); build W_KQ^h = sqrt(D)·ω_h·diag(I_{d_x}, 0)",
+)
+def pair_forgets_sqrt_D(omega, seed):
+    return _pair_experiment(omega, seed, score_scale=1 / math.sqrt(PAIR_DX + 1))
+
+
+@mistake(
+    "ch02.pair_distance_to_dgd",
+    "the squared ratio was returned; the relative distance is its square root, "
+    "sqrt(mean (ŷ - ŷ_dGD)² / mean ŷ_dGD²)",
+)
+def pair_squared_distance(omega, seed):
+    return _pair_experiment(omega, seed, root=False)
