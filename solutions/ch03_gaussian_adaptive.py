@@ -43,3 +43,19 @@ def importance_factor(A: Tensor) -> Tensor:
     if span == 0:
         return torch.zeros_like(mean)
     return (mean - mean.min()) / span
+
+
+def gain_sweep_share(gain: float, seed: int = 0) -> float:
+    from attnbook.tasks.drifting_layers import drifting_layers
+
+    data = drifting_layers(1000, torch.Generator().manual_seed(seed), offset=0.0, gain=1.0)
+    x = gain * data.x  # (B, M, D): the whole sample made louder or quieter
+    H, M = 4, x.shape[1]
+    b, sigma = torch.tensor([0.9]), torch.tensor([0.2])
+    size = M // H
+    # each head's weights on its own chunk of the layer axis
+    lengths = [size] * (H - 1) + [M - (H - 1) * size]
+    a = torch.cat([gaam_weights(chunk, b, sigma) for chunk in x.split(lengths, dim=1)], dim=1)
+    informative = (data.role == 1)[:, :, None]  # (B, M, 1)
+    # share of a head's weight on the informative layers, averaged over samples and features
+    return ((a * informative).sum(1) / H).mean().item()

@@ -1,38 +1,41 @@
 r"""Gaussian adaptive attention (GAAM): a learned Gaussian over each element's standardised value.
 
-Derivation from softmax attention (chapter 03 has the full text). Attention pooling over an
-axis of length n gives weights a_i = softmax_i(ℓ_i) and the output Σ_i a_i v_i. GAAM
+Derivation from softmax attention (chapter 03 has the full text; symbols as in the book's
+notation table). Attention pooling over an axis of length M gives weights a_j = softmax_j(s_j)
+and the output Σ_j a_j v_j. GAAM
 (Ioannides, Chadha, Elkins 2024) changes three things, and keeps the softmax:
 
 1. **The logit is a Gaussian log-density of the element's own standardised value.** For one
-   "column" x_1..x_n along the axis (every other index held fixed), with the column's mean
-   m and unbiased variance s² (plus ε),
+   "column" x_1..x_M along the axis (every other index held fixed), with the column's mean
+   x̄ and unbiased variance σ_x² (plus ε),
 
-       z_i = (x_i - m) / s,      ℓ_i = Σ_g -(z_i - δ_g / s)² / (2 c_g²)
+       ζ_j = (x_j - x̄) / σ_x,      s_j = Σ_r -(ζ_j - b_r / σ_x)² / (2 σ_r²)
 
-   for G Gaussians with learned offsets δ_g (in the input's raw units) and scales c_g.
-   Expanding one square, -(z - μ)²/(2c²) = (μ/c²)·z - z²/(2c²) + const: a dot product of the
-   scalar "key" z with a learned "query" μ/c², minus a penalty on the key's size. There are
+   for G Gaussians r = 1..G with learned offsets b_r (in the input's raw units; the argument
+   ``delta``) and widths σ_r (the argument ``c``). Expanding one square,
+   -(ζ - μ)²/(2σ²) = (μ/σ²)·ζ - ζ²/(2σ²) + const with μ = b_r/σ_x: a dot product of the
+   scalar "key" ζ with a learned "query" μ/σ², minus a penalty on the key's size. There are
    no Q/K projections and no query tokens: it is **not** query-key attention.
 2. **Normalisation along the axis.** The code divides a product of Gaussian pdfs by its sum;
-   the 1/sqrt(2π c_g²) factors cancel, so this is exactly softmax(ℓ) along the axis. We
-   compute it in log space (the code's pdf product underflows for small c).
-3. **Gating instead of mixing.** The output keeps every position: out_i = x_i · a_i, and the
+   the 1/sqrt(2π σ_r²) factors cancel, so this is exactly softmax(s) along the axis. We
+   compute it in log space (the code's pdf product underflows for small σ_r).
+3. **Gating instead of mixing.** The output keeps every position: out_j = x_j · a_j, and the
    block adds a residual, x + out. Summing the gated output over the axis gives back
-   attention pooling with v_i = x_i.
+   attention pooling with v_j = x_j.
 
 **Heads** split the *normalisation axis* into H contiguous chunks (the last one takes the
-remainder); each head has its own (δ_g, c_g) and its own statistics. MHA instead splits the
+remainder); each head has its own (b_r, σ_r) and its own statistics. MHA instead splits the
 feature width D.
 
 **Product vs mixture.** The current reference code multiplies the G Gaussians (the sum of
 logits above). A product of Gaussians in z is one Gaussian (see :func:`collapse_product`), so
 G > 1 adds nothing in that form. An earlier version of the reference code used a mixture,
-a_i ∝ Σ_g w_g exp(-(z_i - δ_g/s)²/(2c_g²)) with w = softmax(learned weights), which can be
+a_j ∝ Σ_r α_r exp(-(ζ_j - b_r/σ_x)²/(2σ_r²)) with α = softmax(learned logits), which can be
 multi-modal; ``mixture_logits`` selects that form.
 
-**Invariances.** The weights do not change under a per-column shift x → x + β (any δ), and
-under a rescale x → αx (α > 0) only when δ = 0, because δ is in raw units and enters as δ/s.
+**Invariances.** The weights do not change under a per-column shift x → x + κ (any b_r), and
+under a rescale x → κx (κ > 0) only when b_r = 0, because b_r is in raw units and enters as
+b_r/σ_x.
 
 **Why this module stands alone.** GAAM is a different computation from
 :class:`attnbook.attention.MultiHeadAttention`: no queries, keys or projections, a score that
@@ -42,7 +45,7 @@ only the core's softmax (:func:`attnbook.attention.stable_softmax`) and mask con
 
 **Masks** are boolean and shaped like x (or broadcastable to it): True marks a real element,
 False a padding element that takes no part in the statistics and gets weight 0. For x of shape
-(B, n, C) with ``lengths[b]`` real elements, ``padding_mask(lengths, n)[:, :, None]``
+(B, M, D) with ``lengths[b]`` real elements, ``padding_mask(lengths, M)[:, :, None]``
 (:func:`attnbook.masks.padding_mask`) is such a mask.
 """
 
@@ -107,17 +110,17 @@ def _check_params(x: Tensor | None, shape: str, **params: Tensor | None) -> None
 def axis_statistics(
     x: Tensor, axis: int = 1, eps: float = 1e-8, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    r"""Mean m and scale s = sqrt(unbiased variance + eps) along ``axis`` (kept as size 1).
+    r"""Mean x̄ and scale σ_x = sqrt(unbiased variance + eps) along ``axis`` (kept as size 1).
 
     The unbiased variance divides by (count - 1); a column with a single element (or a
-    single unmasked element) gets variance 0 instead of torch's NaN, so s = sqrt(eps).
+    single unmasked element) gets variance 0 instead of torch's NaN, so σ_x = sqrt(eps).
     ``mask`` (bool, broadcastable to x, True = real element) leaves padding out of both.
     """
     axis = _check_axis(x, axis, mask)
     eps = 0.0 if isinstance(eps, numbers.Real) and eps == 0 else check_scale(eps, "eps")  # ε >= 0
     if mask is None:
         count = torch.full_like(x.narrow(axis, 0, 1), float(x.shape[axis]))
-        # m = (1/n) Σ_i x_i
+        # x̄ = (1/M) Σ_j x_j
         mean = x.mean(dim=axis, keepdim=True)
         squares = (x - mean).square()
     else:
@@ -125,7 +128,7 @@ def axis_statistics(
         count = mask.sum(dim=axis, keepdim=True).to(x.dtype)
         mean = torch.where(mask, x, 0).sum(dim=axis, keepdim=True) / count.clamp(min=1)
         squares = torch.where(mask, (x - mean).square(), 0)
-    # s² = Σ_i (x_i - m)² / (n - 1) + ε, with n - 1 clamped to 1 so that n = 1 gives s² = ε
+    # σ_x² = Σ_j (x_j - x̄)² / (M - 1) + ε, with M - 1 clamped to 1 so that M = 1 gives σ_x² = ε
     var = squares.sum(dim=axis, keepdim=True) / (count - 1).clamp(min=1)
     return mean, torch.sqrt(var + eps)
 
@@ -141,16 +144,16 @@ def gaussian_logits(
     standardize: bool = True,
     mask: Tensor | None = None,
 ) -> Tensor:
-    r"""The log-weights ℓ of one head, same shape as x (softmax along ``axis`` gives a).
+    r"""The scores s of one head, same shape as x (softmax along ``axis`` gives a).
 
-    Product form (``mixture_logits=None``):  ℓ_i = Σ_g -((x_i - m - δ_g) / s)² / (2 c_g²).
-    Mixture form:  ℓ_i = log Σ_g w_g exp(-((x_i - m - δ_g) / s)² / (2 c_g²)),
-    with w = softmax(mixture_logits).
-    ``standardize=False`` uses m = 0, s = 1 (a Gaussian in raw units: the book's ablation).
+    Product form (``mixture_logits=None``):  s_j = Σ_r -((x_j - x̄ - b_r) / σ_x)² / (2 σ_r²).
+    Mixture form:  s_j = log Σ_r α_r exp(-((x_j - x̄ - b_r) / σ_x)² / (2 σ_r²)),
+    with α = softmax(mixture_logits).
+    ``standardize=False`` uses x̄ = 0, σ_x = 1 (a Gaussian in raw units: the book's ablation).
 
     Args:
         x: any shape; the axis ``axis`` is the one the weights are normalised over.
-        delta, c: (G,) offsets (raw units) and scales of the G Gaussians, in x's dtype.
+        delta, c: (G,) offsets b_r (raw units) and widths σ_r of the G Gaussians, in x's dtype.
         mixture_logits: (G,) for the mixture form.
         mask: boolean, broadcastable to x; True = real element, False = padding (weight 0).
     """
@@ -164,17 +167,17 @@ def gaussian_logits(
     G = delta.shape[0]
     delta = delta.view(G, *([1] * x.ndim))
     c = c.view(G, *([1] * x.ndim))
-    # y_g = (x - (m + δ_g)) / s  — the offset is added to the mean BEFORE dividing by s
+    # y_r = (x - (x̄ + b_r)) / σ_x  — the offset is added to the mean BEFORE dividing by σ_x
     y = (x - (mean + delta)) / scale  # (G, *x.shape)
-    log_kernel = -y.square() / (2 * c.square())  # (G, *x.shape)
+    log_kernel = -y.square() / (2 * c.square())  # -y_r² / (2 σ_r²), (G, *x.shape)
     if mixture_logits is None:
-        # product of Gaussians: the log-densities add (their 1/sqrt(2π c²) factors cancel later)
+        # product of Gaussians: the log-densities add (their 1/sqrt(2π σ_r²) factors cancel later)
         logits = log_kernel.sum(dim=0)
     else:
-        # mixture: log Σ_g w_g exp(-y_g² / (2 c_g²))
+        # mixture: log Σ_r α_r exp(-y_r² / (2 σ_r²))
         log_w = torch.log_softmax(mixture_logits, dim=0).view(G, *([1] * x.ndim))
         logits = torch.logsumexp(log_w + log_kernel, dim=0)
-    # padding: ℓ_i = -inf where the mask is False
+    # padding: s_j = -inf where the mask is False
     return apply_mask(logits, mask)
 
 
@@ -184,7 +187,7 @@ def gaussian_weights(x: Tensor, delta: Tensor, c: Tensor, *, axis: int = 1, **kw
     Keyword arguments as :func:`gaussian_logits` (eps, mixture_logits, standardize, mask);
     masked elements get weight 0, a fully masked column gets all zeros.
     """
-    # a_i = exp(ℓ_i) / Σ_j exp(ℓ_j)  ==  Π_g N(y_ig; 0, c_g²) / Σ_j Π_g N(y_jg; 0, c_g²)
+    # a_j = exp(s_j) / Σ_j' exp(s_j')  ==  Π_r N(y_r,j; 0, σ_r²) / Σ_j' Π_r N(y_r,j'; 0, σ_r²)
     return stable_softmax(gaussian_logits(x, delta, c, axis=axis, **kwargs), dim=_check_axis(x, axis))
 
 
@@ -218,7 +221,7 @@ def multi_head_gaussian_attention(
     own mean and variance there and normalises its weights there (each chunk sums to 1).
 
     Args:
-        x: e.g. (B, n, C) with ``axis=1``: n elements per column, C columns.
+        x: e.g. (B, M, D) with ``axis=1``: M elements per column, D columns.
         deltas, cs: (H, G) per-head offsets and scales; ``mixture_logits`` (H, G) for the
             mixture form.
         mask: optional bool broadcastable to x, True = real element.
@@ -228,7 +231,7 @@ def multi_head_gaussian_attention(
     mask = None if mask is None else mask.expand_as(x)
     weights = []
     for h, (start, length) in enumerate(head_chunks(x.shape[axis], deltas.shape[0])):
-        chunk = x.narrow(axis, start, length)  # (..., n_h, ...)
+        chunk = x.narrow(axis, start, length)  # (..., M_h, ...)
         weights.append(
             gaussian_weights(
                 chunk,
@@ -241,18 +244,18 @@ def multi_head_gaussian_attention(
                 mask=None if mask is None else mask.narrow(axis, start, length),
             )
         )
-    a = torch.cat(weights, dim=axis)  # (..., n, ...), each head's chunk sums to 1
-    # gating, not mixing: out_i = x_i · a_i
+    a = torch.cat(weights, dim=axis)  # (..., M, ...), each head's chunk sums to 1
+    # gating, not mixing: out_j = x_j · a_j
     return x * a, a
 
 
 def collapse_product(delta: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    r"""The single Gaussian equal to a product of G Gaussians: (δ_eff, c_eff), 0-d tensors.
+    r"""The single Gaussian equal to a product of G Gaussians: (b_prod, σ_prod), 0-d tensors.
 
-    Σ_g (z - δ_g/s)² / c_g² = (z - δ_eff/s)² / c_eff² + const, with
-    1 / c_eff² = Σ_g 1 / c_g²  (precisions add)  and  δ_eff = c_eff² Σ_g δ_g / c_g²
+    Σ_r (ζ - b_r/σ_x)² / σ_r² = (ζ - b_prod/σ_x)² / σ_prod² + const, with
+    1 / σ_prod² = Σ_r 1 / σ_r²  (precisions add)  and  b_prod = σ_prod² Σ_r b_r / σ_r²
     (the precision-weighted mean). The constant cancels in the softmax, so GAAM's weights
-    with (delta, c) equal those with (δ_eff, c_eff) for every input.
+    with (delta, c) equal those with (b_prod, σ_prod) for every input.
     """
     _check_params(None, "(G,)", delta=delta, c=c)
     precision = (1 / c.square()).sum()
@@ -264,7 +267,7 @@ def importance_factor(weights: Tensor, sample_axis: int = 0) -> Tensor:
     r"""The book's reading of the paper's Importance Factor: mean weight, min-max scaled to [0, 1].
 
     IF = (ā - min ā) / (max ā - min ā), with ā the weights averaged over ``sample_axis`` and
-    the min and max taken over the whole remaining map (e.g. (S, n, C) -> (n, C)). A constant
+    the min and max taken over the whole remaining map (e.g. (S, M, D) -> (M, D)). A constant
     map gives zeros. The paper names the IF but its formula was not available to us.
     """
     sample_axis = _check_axis(weights, sample_axis, name="weights", axis_name="sample_axis")
@@ -277,13 +280,14 @@ def importance_factor(weights: Tensor, sample_axis: int = 0) -> Tensor:
 class GaussianAdaptiveAttention(nn.Module):
     r"""A multi-head GAAM block: x + x ⊙ a (or just x ⊙ a with ``residual=False``).
 
-    Parameters per head: G offsets δ (init 0) and G scales c (init exp(N(0, 1)), as in the
-    reference code), i.e. 2·H·G scalars; ``mixture=True`` adds G mixture logits per head.
+    Parameters per head: G offsets b_r (``delta``, init 0) and G widths σ_r (``c``, init
+    exp(N(0, 1)), as in the reference code), i.e. 2·H·G scalars; ``mixture=True`` adds G
+    mixture logits per head.
 
     Args:
         n_heads: H, the number of contiguous chunks of the normalisation axis.
         n_gaussians: G.
-        axis: the normalisation axis of the input (e.g. 1 for (B, n, C)).
+        axis: the normalisation axis of the input (e.g. 1 for (B, M, D)).
     """
 
     def __init__(

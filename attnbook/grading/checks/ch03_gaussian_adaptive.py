@@ -7,17 +7,19 @@ computed in float64 with a loop over the Gaussians and an explicit loop over the
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
 import torch
 
-from ..core import case, mistake, task
+from ...tasks.drifting_layers import drifting_layers
+from ..core import CheckFailed, case, mistake, task
 from ..expect import describe, expect_close, expect_tuple, fresh_generator
 
 
 def _pdf_weights(x, delta, c, axis, eps=1e-8, *, ddof=1, offset_in_z=False, mixture=False, c_is_var=False):
-    """Reference weights: Π_g N((x - m - δ_g)/s; 0, c_g²) / Σ_axis, in float64, then x's dtype.
+    """Reference weights: Π_r N((x - x̄ - b_r)/σ_x; 0, σ_r²) / Σ_axis, in float64, then x's dtype.
 
     The pdfs are multiplied in log space and rescaled by their maximum before exp(), so that
     narrow Gaussians do not underflow to 0/0.
@@ -71,7 +73,7 @@ WEIGHT_CASES = [
 
 @task("ch03.gaam_weights", points=3)
 def check_gaam_weights(fn):
-    """softmax along the axis of Σ_g -((x - m - δ_g) / s)² / (2 c_g²), s² the unbiased variance + eps."""
+    """softmax along the axis of Σ_r -((x - x̄ - b_r) / σ_x)² / (2 σ_r²), σ_x² the unbiased variance + eps."""
     gen, _ = fresh_generator()
     for B, n, C, G, axis, dtype, offset, scale in WEIGHT_CASES:
         with case():
@@ -91,7 +93,8 @@ def check_gaam_weights(fn):
                 shifted,
                 _pdf_weights(x, delta, c, axis),
                 what=f"weights after adding a constant along the axis ({case_text})",
-                hint="adding the same number to a whole column must not change its weights, whatever δ is",
+                hint="adding the same number to a whole column must not change its weights, "
+                "whatever the offsets b_r (delta) are",
             )
     with case():  # a column of one element: torch's unbiased var is NaN there; the weight must be 1
         x = torch.randn(3, 1, 4, generator=gen, dtype=torch.float64)
@@ -123,8 +126,8 @@ def weights_wrong_axis(x, delta, c, axis=1, eps=1e-8):
 
 @mistake(
     "ch03.gaam_weights",
-    "the offset was added after standardising, (z - δ); it belongs to the mean, "
-    "(x - (m + δ)) / s, so it enters as δ / s",
+    "the offset was added after standardising, (ζ - b_r); it belongs to the mean, "
+    "(x - (x̄ + b_r)) / σ_x, so it enters as b_r / σ_x",
 )
 def weights_offset_not_divided_by_s(x, delta, c, axis=1, eps=1e-8):
     return _pdf_weights(x, delta, c, axis, eps, offset_in_z=True)
@@ -140,14 +143,16 @@ def weights_mixture_of_pdfs(x, delta, c, axis=1, eps=1e-8):
 
 @mistake(
     "ch03.gaam_weights",
-    "the G Gaussians exp(-y²/(2c²)) were summed (an earlier version's mixture); this "
+    "the G Gaussians exp(-y²/(2σ_r²)) were summed (an earlier version's mixture); this "
     "exercise multiplies them",
 )
 def weights_mixture_instead_of_product(x, delta, c, axis=1, eps=1e-8):
     return _pdf_weights(x, delta, c, axis, eps, mixture="kernel")
 
 
-@mistake("ch03.gaam_weights", "c was used as a variance, exp(-y²/(2c)); c is a scale, exp(-y²/(2c²))")
+@mistake(
+    "ch03.gaam_weights", "c was used as a variance, exp(-y²/(2σ_r)); c holds the widths σ_r, exp(-y²/(2σ_r²))"
+)
 def weights_c_as_variance(x, delta, c, axis=1, eps=1e-8):
     return _pdf_weights(x, delta, c, axis, eps, c_is_var=True)
 
@@ -351,7 +356,7 @@ def _collapse_reference(delta, c):
 
 @task("ch03.collapse_product", points=2)
 def check_collapse_product(fn):
-    """A product of Gaussians is one Gaussian: 1/c² = Σ 1/c_g², δ = c² Σ δ_g / c_g²."""
+    """A product of Gaussians is one Gaussian: 1/σ_prod² = Σ 1/σ_r², b_prod = σ_prod² Σ b_r / σ_r²."""
     gen, _ = fresh_generator()
     for G, dtype, negative in [
         (1, torch.float64, False),
@@ -371,13 +376,14 @@ def check_collapse_product(fn):
                 c_eff,
                 ref_c,
                 what=f"c_eff for {case_text}",
-                hint="return the positive scale c_eff with 1 / c_eff² = Σ_g 1 / c_g²",
+                hint="return the positive width c_eff = σ_prod with 1 / σ_prod² = Σ_r 1 / σ_r²",
             )
             expect_close(
                 d_eff,
                 ref_d,
                 what=f"delta_eff for {case_text}",
-                hint="δ_eff = c_eff² Σ_g δ_g / c_g², the precision-weighted mean of the offsets",
+                hint="delta_eff = b_prod = σ_prod² Σ_r b_r / σ_r², "
+                "the precision-weighted mean of the offsets",
             )
             # the point of the exercise: the weights agree on an input
             x = 3 * torch.randn(2, 9, 4, generator=gen, dtype=torch.float64)
@@ -393,7 +399,7 @@ def check_collapse_product(fn):
 
 @mistake(
     "ch03.collapse_product",
-    "the scales were combined, 1/c = Σ 1/c_g; it is the PRECISIONS that add, 1/c² = Σ 1/c_g²",
+    "the widths were combined, 1/σ = Σ 1/σ_r; it is the PRECISIONS that add, 1/σ_prod² = Σ 1/σ_r²",
 )
 def collapse_scales_not_squared(delta, c):
     c_eff = 1 / (1 / c.abs()).sum()
@@ -402,7 +408,7 @@ def collapse_scales_not_squared(delta, c):
 
 @mistake(
     "ch03.collapse_product",
-    "the variances were added, c² = Σ c_g²: that is the rule for a sum of random "
+    "the variances were added, σ_prod² = Σ σ_r²: that is the rule for a sum of random "
     "variables, not a product of densities",
 )
 def collapse_variances_add(delta, c):
@@ -416,19 +422,21 @@ def _precision_sum(delta, c, *, offset=None, sign=False):
     return delta_eff, torch.sqrt(c_eff_sq) * (torch.sign(c.prod()) if sign else 1)
 
 
-@mistake("ch03.collapse_product", "δ_eff is the plain mean of the δ_g; weight each by its precision 1/c_g²")
+@mistake(
+    "ch03.collapse_product", "delta_eff is the plain mean of the b_r; weight each by its precision 1/σ_r²"
+)
 def collapse_plain_mean_offset(delta, c):
     return _precision_sum(delta, c, offset=lambda c_eff_sq: delta.mean())
 
 
-@mistake("ch03.collapse_product", "Σ δ_g / c_g² was not multiplied by c_eff²")
+@mistake("ch03.collapse_product", "Σ b_r / σ_r² was not multiplied by σ_prod²")
 def collapse_forgets_c_eff_sq(delta, c):
     return _precision_sum(delta, c, offset=lambda c_eff_sq: (delta / c**2).sum())
 
 
 @mistake(
     "ch03.collapse_product",
-    "c_eff came out negative (the signs of the c_g leaked in); only c² matters: return the positive scale",
+    "c_eff came out negative (the signs of the σ_r leaked in); only σ_r² matters: return the positive width",
 )
 def collapse_negative_scale(delta, c):
     return _precision_sum(delta, c, sign=True)
@@ -492,3 +500,101 @@ def if_no_min(A):
 def if_nan_on_constant(A):
     mean = A.mean(0)
     return (mean - mean.min()) / (mean.max() - mean.min())
+
+
+# ---------------------------------------------------------------------------------------------
+# EXPERIMENT: the gain sweep. A fixed head (b_1 = 0.9 in raw units, σ_1 = 0.2) on drift-free samples
+# of the drifting-layers task multiplied by a gain κ_gain; the measured quantity is the share of each
+# head's weight that lands on the informative layers. The reference runs the experiment on three
+# seeds and accepts mean ± max(4 spread, 0.01).
+SWEEP_OFFSET, SWEEP_SCALE, SWEEP_HEADS, SWEEP_SAMPLES = 0.9, 0.2, 4, 1000
+SWEEP_SEEDS = (0, 1, 2)
+
+
+def _sweep_data(seed, **drift):
+    settings = dict(offset=0.0, gain=1.0) | drift
+    return drifting_layers(SWEEP_SAMPLES, torch.Generator().manual_seed(seed), **settings)
+
+
+def _share(a, role, H=SWEEP_HEADS):
+    """Mean over samples and features of Σ_{j informative} a_j / H: (B, M, D) weights, (B, M) roles."""
+    return ((a * (role[:, :, None] == 1)).sum(1) / H).mean().item()
+
+
+def _sweep_weights(x):
+    """The fixed head's weights on (B, M, D) x, chunk by chunk (the explicit-pdf reference)."""
+    M = x.shape[1]
+    b, sigma = torch.tensor([SWEEP_OFFSET]), torch.tensor([SWEEP_SCALE])
+    pieces, start = [], 0
+    for size in _head_sizes(M, SWEEP_HEADS):
+        pieces.append(_pdf_weights(x.narrow(1, start, size), b, sigma, 1))
+        start += size
+    return torch.cat(pieces, dim=1)
+
+
+@functools.cache
+def _sweep_reference(gain, seed):
+    data = _sweep_data(seed)
+    return _share(_sweep_weights(gain * data.x), data.role)
+
+
+def _sweep_range(gain):
+    values = torch.tensor([_sweep_reference(gain, s) for s in SWEEP_SEEDS], dtype=torch.float64)
+    mean, spread = values.mean().item(), values.std().item()
+    return mean, spread, max(4 * spread, 0.01)
+
+
+@task("ch03.gain_sweep_share", points=2)
+def check_gain_sweep_share(fn):
+    """The measured share of weight on the informative layers at gains 0.5, 1 and 2, within the range
+    the reference experiment gives over three seeds (learner run on a fourth seed)."""
+    for gain in (1.0, 2.0, 0.5):
+        with case():
+            mean, spread, tol = _sweep_range(gain)
+            got = fn(gain, seed=3)
+            if isinstance(got, torch.Tensor) and got.numel() == 1:
+                got = got.item()
+            if not isinstance(got, (int, float)) or not math.isfinite(got):
+                raise CheckFailed(f"gain {gain}: expected a finite float, got {got!r}")
+            if abs(got - mean) > tol:
+                raise CheckFailed(
+                    f"gain {gain}: your share of weight on the informative layers is {got:.4f}; the "
+                    f"reference experiment gives {mean:.4f} ± {spread:.4f} over seeds {SWEEP_SEEDS} "
+                    f"(accepted: ± {tol:.4f})",
+                    hint="multiply the drift-free sample by the gain, apply the fixed head chunk by chunk, "
+                    "sum the weights on the informative layers, divide by H and average",
+                )
+
+
+@mistake("ch03.gain_sweep_share", "the gain was never applied: multiply the drift-free x by `gain` first")
+def sweep_gain_not_applied(gain, seed=0):
+    return _sweep_reference(1.0, seed)
+
+
+@mistake(
+    "ch03.gain_sweep_share",
+    "the weights on the informative layers were summed over the H heads but not divided by H: "
+    "a head's share is at most 1",
+)
+def sweep_not_divided_by_heads(gain, seed=0):
+    return SWEEP_HEADS * _sweep_reference(gain, seed)
+
+
+@mistake(
+    "ch03.gain_sweep_share",
+    "the sample was drawn with its drift switched on; draw it drift-free "
+    "(offset=0.0, gain=1.0) so that `gain` is the only change",
+)
+def sweep_drift_left_on(gain, seed=0):
+    data = _sweep_data(seed, offset=3.0, gain=1.43)
+    return _share(_sweep_weights(gain * data.x), data.role)
+
+
+@mistake(
+    "ch03.gain_sweep_share",
+    "the mean weight over ALL layers was returned (1/8 per head chunk, whatever the gain); "
+    "keep only the informative layers (role == 1)",
+)
+def sweep_all_layers(gain, seed=0):
+    data = _sweep_data(seed)
+    return _sweep_weights(gain * data.x).mean().item()
