@@ -1,40 +1,44 @@
 r"""Complex rotations of queries and keys: RoPE, its polar (Euler) form, adaptive rotations.
 
-Derivation (chapter 04). Start from one head of chapter 00, score(m, n) = q_m · k_n / sqrt(d),
-and read the d coordinates of a query as d/2 complex numbers ("pairs"),
+Notation of the book (book/notation.md): query i sits at position p_i, key j at position j;
+pair ν = 0 ... d/2 - 1 of a head's d coordinates; ρ, ψ the magnitude and phase of a pair;
+γ_ν, b_ν the adaptive scale and bias; θ_ν the rotary frequencies; i (upright) the imaginary unit.
 
-    q̂_{m,j} = q_{m,2j} + i q_{m,2j+1},   j = 0 ... d/2 - 1        (interleaved pairing)
+Derivation (chapter 04). Start from one head of chapter 00, S_ij = q_i · k_j / sqrt(d), and
+read the d coordinates of a query as d/2 complex numbers ("pairs"),
 
-so that q_m · k_n = Σ_j Re[ q̂_{m,j} conj(k̂_{n,j}) ].
+    q^C_{i,ν} = q_{i,2ν} + i q_{i,2ν+1},   ν = 0 ... d/2 - 1        (interleaved pairing)
 
-RoPE (Su et al.) multiplies pair j of the token at position m by e^{i m θ_j},
-θ_j = base^{-2j/d}. Because |e^{i m θ}| = 1 and e^{i m θ} conj(e^{i n θ}) = e^{i (m-n) θ},
+so that q_i · k_j = Σ_ν Re[ q^C_{i,ν} (k^C_{j,ν})* ].
 
-    score(m, n) = Σ_j Re[ q̂_{m,j} conj(k̂_{n,j}) e^{i (m-n) θ_j} ] / sqrt(d),
+RoPE (Su et al.) multiplies pair ν of the token at position p by e^{i p θ_ν},
+θ_ν = base^{-2ν/d}. Because |e^{i p θ}| = 1 and e^{i p_i θ} (e^{i j θ})* = e^{i (p_i - j) θ},
 
-which depends on the positions only through m - n (the relative-position property).
+    S_ij = Σ_ν Re[ q^C_{i,ν} (k^C_{j,ν})* e^{i (p_i - j) θ_ν} ] / sqrt(d),
 
-Euler (polar) form (EulerFormer, Tian et al.): q̂ = λ^q e^{i φ^q} with λ = |q̂|, φ = atan2(p, r).
-Then
+which depends on the positions only through p_i - j (the relative-position property).
 
-    score(m, n) = Σ_j λ^q_{m,j} λ^k_{n,j} cos( (φ^q_{m,j} - φ^k_{n,j}) + (m - n) θ_j ) / sqrt(d):
+Euler (polar) form (EulerFormer, Tian et al.): q^C = ρ^q e^{i ψ^q} with ρ = |q^C| and
+ψ = atan2(Im, Re). Then
+
+    S_ij = Σ_ν ρ^q_{i,ν} ρ^k_{j,ν} cos( (ψ^q_{i,ν} - ψ^k_{j,ν}) + (p_i - j) θ_ν ) / sqrt(d):
 
 a *semantic* angle difference plus a *positional* one, weighted by the magnitudes.
 
 Adaptive differential rotation (EulerFormer): replace the semantic difference by
-δ (φ^q - φ^k) + b, with a learnable scale δ and a bias b added to the QUERY angle only
+γ (ψ^q - ψ^k) + b, with a learnable scale γ and a bias b added to the QUERY angle only
 (added to both, it would cancel in the difference):
 
-    score(m, n) = Σ_j λ^q λ^k cos( δ_j (φ^q_{m,j} - φ^k_{n,j}) + b_j + (m - n) θ_j ) / sqrt(d).
+    S_ij = Σ_ν ρ^q ρ^k cos( γ_ν (ψ^q_{i,ν} - ψ^k_{j,ν}) + b_ν + (p_i - j) θ_ν ) / sqrt(d).
 
 Because the map is linear in the angles it factorises per token: rotate every query to angle
-δ φ^q + m θ + b and every key to δ φ^k + n θ, keep the magnitudes, and take an ordinary dot
-product (:func:`euler_rotate`). δ = 1, b = 0 is RoPE; θ = 0 as well is plain attention.
-Per-head δ_{h,j}, b_{h,j} is the book's reading of ComplexFormer (a withdrawn paper): one set
+γ ψ^q + p_i θ + b and every key to γ ψ^k + j θ, keep the magnitudes, and take an ordinary dot
+product (:func:`euler_rotate`). γ = 1, b = 0 is RoPE; θ = 0 as well is plain attention.
+Per-head γ_{h,ν}, b_{h,ν} is the book's reading of ComplexFormer (a withdrawn paper): one set
 of adaptation parameters per head instead of one per layer.
 
-Pitfall: φ lives in (-π, π]. When a pair crosses the negative real axis, δ φ jumps by 2π δ,
-a full turn only for integer δ; for other δ the rotated vector is discontinuous in the input.
+Pitfall: ψ lives in (-π, π]. When a pair crosses the negative real axis, γ ψ jumps by 2π γ,
+a full turn only for integer γ; for other γ the rotated vector is discontinuous in the input.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ __all__ = [
     "rotary_attention",
     "rotary_transformer",
     "MODES",
+    "train_lookup",
+    "lookup_accuracy",
 ]
 
 PAIRINGS = ("interleaved", "half")
@@ -74,18 +80,18 @@ def rope_frequencies(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    r"""θ_j = base^{-2j/d} for j = 0 ... d/2 - 1, shape (d/2,): fast pairs first, slow last."""
+    r"""θ_ν = base^{-2ν/d} for ν = 0 ... d/2 - 1, shape (d/2,): fast pairs first, slow last."""
     if d < 2 or d % 2:
         raise ValueError(f"the head width d must be even and >= 2 (pairs of coordinates), got d={d}")
-    j = torch.arange(d // 2, dtype=torch.float64, device=device)
-    return (base ** (-2.0 * j / d)).to(dtype)  # (d/2,)
+    nu = torch.arange(d // 2, dtype=torch.float64, device=device)
+    return (base ** (-2.0 * nu / d)).to(dtype)  # (d/2,)
 
 
 def split_pairs(x: Tensor, pairing: str = "interleaved") -> tuple[Tensor, Tensor]:
-    r"""(..., d) -> real parts r and imaginary parts p, each (..., d/2).
+    r"""(..., d) -> real parts Re and imaginary parts Im, each (..., d/2).
 
-    ``"interleaved"`` pairs coordinates (2j, 2j+1) (RoFormer, EulerFormer's recommender code);
-    ``"half"`` pairs (j, j + d/2) (the GPT-NeoX / LLaMA layout). Both are valid conventions,
+    ``"interleaved"`` pairs coordinates (2ν, 2ν+1) (RoFormer, EulerFormer's recommender code);
+    ``"half"`` pairs (ν, ν + d/2) (the GPT-NeoX / LLaMA layout). Both are valid conventions,
     but queries, keys and any reference must use the same one.
     """
     if pairing not in PAIRINGS:
@@ -100,13 +106,13 @@ def split_pairs(x: Tensor, pairing: str = "interleaved") -> tuple[Tensor, Tensor
     return x[..., : d // 2], x[..., d // 2 :]
 
 
-def merge_pairs(r: Tensor, p: Tensor, pairing: str = "interleaved") -> Tensor:
+def merge_pairs(re: Tensor, im: Tensor, pairing: str = "interleaved") -> Tensor:
     """Inverse of :func:`split_pairs`: (..., d/2) twice -> (..., d)."""
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
     if pairing == "interleaved":
-        return torch.stack([r, p], dim=-1).flatten(-2)  # (..., d/2, 2) -> (..., d)
-    return torch.cat([r, p], dim=-1)
+        return torch.stack([re, im], dim=-1).flatten(-2)  # (..., d/2, 2) -> (..., d)
+    return torch.cat([re, im], dim=-1)
 
 
 def _check_rotation_args(x: Tensor, pos: Tensor, theta: Tensor, name: str = "x") -> None:
@@ -131,7 +137,7 @@ def _work_dtype(x: Tensor) -> torch.dtype:
 
 
 def rope(x: Tensor, pos: Tensor, theta: Tensor, pairing: str = "interleaved") -> Tensor:
-    r"""Rotary position embedding: pair j of token m times e^{i m θ_j}, as complex numbers.
+    r"""Rotary position embedding: pair ν of the token at position p times e^{i p θ_ν}, as complex numbers.
 
     Args:
         x: queries or keys (..., N, d), d even.
@@ -143,67 +149,67 @@ def rope(x: Tensor, pos: Tensor, theta: Tensor, pairing: str = "interleaved") ->
     pos, theta = torch.as_tensor(pos, device=x.device), torch.as_tensor(theta, device=x.device)
     _check_rotation_args(x, pos, theta)
     work = _work_dtype(x)
-    r, p = split_pairs(x.to(work), pairing)
-    z = torch.complex(r, p)  # (..., N, d/2): q̂ = r + i p
-    angle = pos.to(work)[:, None] * theta.to(work)  # (N, d/2): m θ_j
-    # q̂' = q̂ · e^{i m θ_j}
+    re, im = split_pairs(x.to(work), pairing)
+    z = torch.complex(re, im)  # (..., N, d/2): q^C = Re + i Im
+    angle = pos.to(work)[:, None] * theta.to(work)  # (N, d/2): p θ_ν
+    # q^C' = q^C · e^{i p θ_ν}
     z = z * torch.polar(torch.ones_like(angle), angle)
     return merge_pairs(z.real, z.imag, pairing).to(x.dtype)
 
 
 def euler_transform(x: Tensor, eps: float = 1e-12, pairing: str = "interleaved") -> tuple[Tensor, Tensor]:
-    r"""Polar form of the pairs: λ = sqrt(r² + p² + eps), φ = atan2(p, r) ∈ (-π, π].
+    r"""Polar form of the pairs: ρ = sqrt(Re² + Im² + eps), ψ = atan2(Im, Re) ∈ (-π, π].
 
-    eps keeps the gradient of λ finite at a zero pair (d sqrt(u)/du is infinite at u = 0).
-    Returns (λ, φ), each (..., d/2), in float32 or float64.
+    eps keeps the gradient of ρ finite at a zero pair (d sqrt(u)/du is infinite at u = 0).
+    Returns (ρ, ψ), each (..., d/2), in float32 or float64.
     """
     work = _work_dtype(x)
-    r, p = split_pairs(x.to(work), pairing)
-    # λ = |q̂|, φ = arg q̂
-    return torch.sqrt(r * r + p * p + eps), torch.atan2(p, r)
+    re, im = split_pairs(x.to(work), pairing)
+    # ρ = |q^C|, ψ = arg q^C
+    return torch.sqrt(re * re + im * im + eps), torch.atan2(im, re)
 
 
 def euler_rotate(
     x: Tensor,
     pos: Tensor,
     theta: Tensor,
-    delta: Tensor | float = 1.0,
+    gamma: Tensor | float = 1.0,
     bias: Tensor | float = 0.0,
     *,
     eps: float = 1e-12,
     pairing: str = "interleaved",
 ) -> Tensor:
-    r"""Adaptive rotation of one side (queries or keys): angle δ φ + pos θ + b, magnitude kept.
+    r"""Adaptive rotation of one side (queries or keys): angle γ ψ + pos θ + b, magnitude kept.
 
     Args:
         x: (..., N, d), e.g. (B, H, N, d); d even.
         pos: positions (N,).
         theta: frequencies (d/2,).
-        delta: semantic-angle scale, broadcastable to (..., N, d/2): a float, (d/2,) shared by
+        gamma: semantic-angle scale, broadcastable to (..., N, d/2): a float, (d/2,) shared by
             the heads, or (H, 1, d/2) per head.
-        bias: semantic-angle bias, same shapes as delta. Pass it for the QUERIES only.
-        eps: added under the square root of λ.
+        bias: semantic-angle bias, same shapes as gamma. Pass it for the QUERIES only.
+        eps: added under the square root of ρ.
     Returns:
         (..., N, d), same dtype as x (computed in float32 at least).
     """
     pos, theta = torch.as_tensor(pos, device=x.device), torch.as_tensor(theta, device=x.device)
     _check_rotation_args(x, pos, theta)
     work = _work_dtype(x)
-    lam, phi = euler_transform(x, eps, pairing)  # (..., N, d/2) each
-    delta = torch.as_tensor(delta, dtype=work, device=x.device)
+    rho, psi = euler_transform(x, eps, pairing)  # (..., N, d/2) each
+    gamma = torch.as_tensor(gamma, dtype=work, device=x.device)
     bias = torch.as_tensor(bias, dtype=work, device=x.device)
-    for name, t in (("delta", delta), ("bias", bias)):
+    for name, t in (("gamma", gamma), ("bias", bias)):
         try:
-            torch.broadcast_shapes(t.shape, phi.shape)
+            torch.broadcast_shapes(t.shape, psi.shape)
         except RuntimeError:
             raise ValueError(
                 f"{name} of shape {tuple(t.shape)} does not broadcast to the pairs' shape "
-                f"{tuple(phi.shape)} (..., N, d/2); use a float, (d/2,) or (H, 1, d/2)"
+                f"{tuple(psi.shape)} (..., N, d/2); use a float, (d/2,) or (H, 1, d/2)"
             ) from None
-    # angle = δ φ + m θ + b
-    angle = delta * phi + pos.to(work)[:, None] * theta.to(work) + bias  # (..., N, d/2)
-    # x' = λ e^{i angle}
-    return merge_pairs(lam * torch.cos(angle), lam * torch.sin(angle), pairing).to(x.dtype)
+    # angle = γ ψ + p θ + b
+    angle = gamma * psi + pos.to(work)[:, None] * theta.to(work) + bias  # (..., N, d/2)
+    # x' = ρ e^{i angle}
+    return merge_pairs(rho * torch.cos(angle), rho * torch.sin(angle), pairing).to(x.dtype)
 
 
 def _with_key_axis(t: Tensor) -> Tensor:
@@ -216,7 +222,7 @@ def complex_rotation_scores(
     pos_q: Tensor,
     pos_k: Tensor,
     theta: Tensor,
-    delta: Tensor | float = 1.0,
+    gamma: Tensor | float = 1.0,
     bias: Tensor | float = 0.0,
     *,
     eps: float = 1e-12,
@@ -224,11 +230,11 @@ def complex_rotation_scores(
 ) -> Tensor:
     r"""The explicit pairwise formula, for checking (costs N·M·d/2 cosines):
 
-    score(m, n) = Σ_j λ^q_{m,j} λ^k_{n,j} cos( δ_j (φ^q_{m,j} - φ^k_{n,j}) + b_j + (m - n) θ_j ) / sqrt(d)
+    S_ij = Σ_ν ρ^q_{i,ν} ρ^k_{j,ν} cos( γ_ν (ψ^q_{i,ν} - ψ^k_{j,ν}) + b_ν + (p_i - j) θ_ν ) / sqrt(d)
 
     Args:
         q: (..., N, d); k: (..., M, d); pos_q: (N,); pos_k: (M,); theta: (d/2,).
-        delta, bias: broadcastable to (..., 1, d/2) (per head: (H, 1, d/2)).
+        gamma, bias: broadcastable to (..., 1, d/2) (per head: (H, 1, d/2)).
     Returns:
         scores (..., N, M).
     """
@@ -240,12 +246,12 @@ def complex_rotation_scores(
     lq, fq = euler_transform(q, eps, pairing)  # (..., N, d/2)
     lk, fk = euler_transform(k, eps, pairing)  # (..., M, d/2)
     # (..., 1, d/2) parameters gain a key axis: (..., 1, 1, d/2), broadcasting over (N, M)
-    delta, bias = (_with_key_axis(torch.as_tensor(t, dtype=work, device=q.device)) for t in (delta, bias))
+    gamma, bias = (_with_key_axis(torch.as_tensor(t, dtype=work, device=q.device)) for t in (gamma, bias))
     rel = (pos_q.to(work)[:, None] - pos_k.to(work)[None, :])[..., None] * theta.to(
         work
-    )  # (N, M, d/2): (m-n) θ
-    # angle = δ (φ^q_m - φ^k_n) + b + (m - n) θ, for every pair (m, n)
-    angle = delta * (fq[..., :, None, :] - fk[..., None, :, :]) + bias + rel  # (..., N, M, d/2)
+    )  # (N, M, d/2): (p_i - j) θ
+    # angle = γ (ψ^q_i - ψ^k_j) + b + (p_i - j) θ, for every (i, j)
+    angle = gamma * (fq[..., :, None, :] - fk[..., None, :, :]) + bias + rel  # (..., N, M, d/2)
     scores = (lq[..., :, None, :] * lk[..., None, :, :] * torch.cos(angle)).sum(-1)  # (..., N, M)
     return (scores / math.sqrt(q.shape[-1])).to(q.dtype)
 
@@ -256,19 +262,19 @@ def adaptive_rotation_attention(
     v: Tensor,
     pos: Tensor,
     theta: Tensor,
-    delta: Tensor | float = 1.0,
+    gamma: Tensor | float = 1.0,
     bias: Tensor | float = 0.0,
     *,
     causal: bool = False,
     mask: Tensor | None = None,
     pairing: str = "interleaved",
 ) -> tuple[Tensor, Tensor]:
-    r"""softmax(q' k'^T / sqrt(d)) v with q' = rot(q; δ, b), k' = rot(k; δ, 0); values untouched.
+    r"""softmax(q' k'^T / sqrt(d)) v with q' = rot(q; γ, b), k' = rot(k; γ, 0); values untouched.
 
     Self-attention: q, k, v (..., N, d) share the positions pos (N,). Returns (out, weights).
     """
-    q_rot = euler_rotate(q, pos, theta, delta, bias, pairing=pairing)  # (..., N, d): bias on the query
-    k_rot = euler_rotate(k, pos, theta, delta, 0.0, pairing=pairing)  # (..., N, d): no bias on the key
+    q_rot = euler_rotate(q, pos, theta, gamma, bias, pairing=pairing)  # (..., N, d): bias on the query
+    k_rot = euler_rotate(k, pos, theta, gamma, 0.0, pairing=pairing)  # (..., N, d): no bias on the key
     return scaled_dot_product_attention(q_rot, k_rot, v, mask, causal=causal)
 
 
@@ -280,12 +286,12 @@ class RotaryTransform(nn.Module):
 
     mode:
         "nope":     no rotation (plain attention, no position information);
-        "rope":     RoPE (δ = 1, b = 0, fixed);
-        "shared":   learnable δ_j, b_j (d/2 each) shared by all heads (EulerFormer);
-        "per_head": learnable δ_{h,j}, b_{h,j} (H × d/2 each), the book's reading of ComplexFormer.
-    δ starts at 1 and b at 0, so every learnable mode starts as RoPE. They are stored as
-    δ = 1 + s·u and b = s·w with trainable u, w and a fixed ``angle_scale`` s: with Adam, s
-    multiplies the step size of δ and b (EulerFormer's LLaMA code scales them by 100 and 1000).
+        "rope":     RoPE (γ = 1, b = 0, fixed);
+        "shared":   learnable γ_ν, b_ν (d/2 each) shared by all heads (EulerFormer);
+        "per_head": learnable γ_{h,ν}, b_{h,ν} (H × d/2 each), the book's reading of ComplexFormer.
+    γ starts at 1 and b at 0, so every learnable mode starts as RoPE. They are stored as
+    γ = 1 + s·u and b = s·w with trainable u, w and a fixed ``angle_scale`` s: with Adam, s
+    multiplies the step size of γ and b (EulerFormer's LLaMA code scales them by 100 and 1000).
     """
 
     def __init__(
@@ -307,13 +313,13 @@ class RotaryTransform(nn.Module):
         self.register_buffer("theta", rope_frequencies(d, base), persistent=False)  # (d/2,)
         rows = {"shared": 1, "per_head": H}.get(mode)
         if rows is not None:
-            self.delta_u = nn.Parameter(torch.zeros(rows, 1, d // 2))  # (1 or H, 1, d/2)
+            self.gamma_u = nn.Parameter(torch.zeros(rows, 1, d // 2))  # (1 or H, 1, d/2)
             self.bias_w = nn.Parameter(torch.zeros(rows, 1, d // 2))
 
     @property
-    def delta(self) -> Tensor | None:
-        """δ (1 or H, 1, d/2) for the learnable modes, else None."""
-        return 1.0 + self.angle_scale * self.delta_u if hasattr(self, "delta_u") else None
+    def gamma(self) -> Tensor | None:
+        """γ (1 or H, 1, d/2) for the learnable modes, else None."""
+        return 1.0 + self.angle_scale * self.gamma_u if hasattr(self, "gamma_u") else None
 
     @property
     def bias(self) -> Tensor | None:
@@ -326,9 +332,9 @@ class RotaryTransform(nn.Module):
             return q, k
         if self.mode == "rope":
             return rope(q, pos_q, self.theta, self.pairing), rope(k, pos_k, self.theta, self.pairing)
-        # queries to δ φ^q + m θ + b, keys to δ φ^k + n θ (the bias on the query only)
-        q_rot = euler_rotate(q, pos_q, self.theta, self.delta, self.bias, pairing=self.pairing)
-        k_rot = euler_rotate(k, pos_k, self.theta, self.delta, 0.0, pairing=self.pairing)
+        # queries to γ ψ^q + p_i θ + b, keys to γ ψ^k + j θ (the bias on the query only)
+        q_rot = euler_rotate(q, pos_q, self.theta, self.gamma, self.bias, pairing=self.pairing)
+        k_rot = euler_rotate(k, pos_k, self.theta, self.gamma, 0.0, pairing=self.pairing)
         return q_rot, k_rot
 
 
@@ -343,7 +349,7 @@ def rotary_attention(
     r"""Multi-head attention whose queries and keys pass through :class:`RotaryTransform`.
 
     The rotation is the layer's ``qk_transform``; everything else is chapter 00's layer.
-    Its parameters are ``layer.qk_transform.delta`` and ``layer.qk_transform.bias``.
+    Its parameters are ``layer.qk_transform.gamma`` and ``layer.qk_transform.bias``.
     """
     D, H = require_int(D, "D", minimum=1), require_int(H, "H", minimum=1)
     if D % H or (D // H) % 2:
@@ -370,3 +376,60 @@ def rotary_transformer(
     return TinyTransformer(
         config, attn=lambda cfg: rotary_attention(cfg.D, cfg.H, mode, base, angle_scale=angle_scale)
     )
+
+
+def train_lookup(
+    mode: str,
+    seed: int,
+    *,
+    N: int = 32,
+    n_sym: int = 16,
+    D: int = 32,
+    H: int = 4,
+    layers: int = 1,
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    angle_scale: float = 20.0,
+    eval_fn=None,
+    eval_every: int = 50,
+):
+    r"""Train :func:`rotary_transformer` (rotation ``mode``) on mixed lookups; the chapter's recipe.
+
+    ``seed`` fixes the initial weights and the training batches. Returns (model, history), the
+    history from :func:`attnbook.train.train` (metrics only if ``eval_fn`` is given).
+    """
+    import torch.nn.functional as F
+
+    from ..tasks.mixed_lookup import IGNORE, mixed_lookup
+    from ..train import train
+
+    def loss_fn(model, batch):
+        logits = model(batch.tokens)  # (B, N, n_sym)
+        return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
+
+    torch.manual_seed(seed)
+    model = rotary_transformer(4 * n_sym, n_sym, D=D, H=H, layers=layers, mode=mode, angle_scale=angle_scale)
+    extra = {"eval_fn": eval_fn, "eval_every": eval_every} if eval_fn is not None else {}
+    history = train(
+        model,
+        lambda step, g: mixed_lookup(batch_size, N, n_sym, generator=g),
+        loss_fn,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        progress=False,
+        **extra,
+    )
+    return model, history
+
+
+def lookup_accuracy(model: nn.Module, batch) -> dict[str, float]:
+    """Accuracy of ``model`` on a mixed-lookup batch, per question kind (positional, content)."""
+    with torch.no_grad():
+        pred = model(batch.tokens).argmax(-1)  # (B, N)
+    correct = pred == batch.targets
+    return {
+        name: correct[batch.kind == kind].float().mean().item()
+        for kind, name in ((0, "positional"), (1, "content"))
+    }

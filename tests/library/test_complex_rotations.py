@@ -13,12 +13,14 @@ from attnbook.mechanisms.complex_rotations import (
     complex_rotation_scores,
     euler_rotate,
     euler_transform,
+    lookup_accuracy,
     merge_pairs,
     rope,
     rope_frequencies,
     rotary_attention,
     rotary_transformer,
     split_pairs,
+    train_lookup,
 )
 from attnbook.tasks.mixed_lookup import IGNORE, mixed_lookup
 
@@ -80,7 +82,7 @@ def test_rope_scores_depend_on_relative_position_only(seed, shift):
 
 @pytest.mark.parametrize("pairing", ["interleaved", "half"])
 def test_rope_limit_and_identity(pairing):
-    """δ = 1, b = 0 is RoPE (same pairing); θ = 0 as well is the identity (plain attention)."""
+    """γ = 1, b = 0 is RoPE (same pairing); θ = 0 as well is the identity (plain attention)."""
     _, x, theta = _inputs(2)
     pos = torch.arange(6)
     torch.testing.assert_close(
@@ -101,13 +103,13 @@ def test_pairing_conventions_differ():
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 10_000), delta=st.floats(-2, 2), bias=st.floats(-3, 3))
-def test_norm_preservation(seed, delta, bias):
+@given(seed=st.integers(0, 10_000), gamma=st.floats(-2, 2), bias=st.floats(-3, 3))
+def test_norm_preservation(seed, gamma, bias):
     _, x, theta = _inputs(seed)
-    out = euler_rotate(x, torch.arange(6), theta, delta, bias)
-    lam, _ = euler_transform(x)
-    lam_out, _ = euler_transform(out)
-    torch.testing.assert_close(lam_out, lam, atol=1e-9, rtol=1e-9)
+    out = euler_rotate(x, torch.arange(6), theta, gamma, bias)
+    rho, _ = euler_transform(x)
+    rho_out, _ = euler_transform(out)
+    torch.testing.assert_close(rho_out, rho, atol=1e-9, rtol=1e-9)
 
 
 @settings(max_examples=20, deadline=None)
@@ -116,17 +118,17 @@ def test_per_token_equals_pairwise_and_shift_invariance(seed, shift):
     """Factorisation: rotate each token, then dot products == the explicit pairwise cos formula."""
     g, x, theta = _inputs(seed, (2, 3, 5, 8))
     k = torch.randn(x.shape, generator=g, **f64)
-    delta = 2 * torch.rand(3, 1, 4, generator=g, **f64)
+    gamma = 2 * torch.rand(3, 1, 4, generator=g, **f64)
     bias = torch.randn(3, 1, 4, generator=g, **f64)
     pos = torch.arange(5)
     per_token = (
-        euler_rotate(x, pos, theta, delta, bias)
-        @ euler_rotate(k, pos, theta, delta).transpose(-1, -2)
+        euler_rotate(x, pos, theta, gamma, bias)
+        @ euler_rotate(k, pos, theta, gamma).transpose(-1, -2)
         / math.sqrt(8)
     )
-    pairwise = complex_rotation_scores(x, k, pos, pos, theta, delta, bias)
+    pairwise = complex_rotation_scores(x, k, pos, pos, theta, gamma, bias)
     torch.testing.assert_close(per_token, pairwise, atol=1e-9, rtol=1e-9)
-    shifted = complex_rotation_scores(x, k, pos + shift, pos + shift, theta, delta, bias)
+    shifted = complex_rotation_scores(x, k, pos + shift, pos + shift, theta, gamma, bias)
     torch.testing.assert_close(shifted, pairwise, atol=1e-9, rtol=1e-9)
 
 
@@ -134,7 +136,7 @@ def test_pairwise_formula_double_loop():
     """complex_rotation_scores against a literal double loop over (m, n) and the pairs j."""
     g, q, theta = _inputs(4, (5, 6))
     k = torch.randn(5, 6, generator=g, **f64)
-    delta, bias = torch.tensor([0.5, 1.5, 2.0], **f64), torch.tensor([0.3, -0.2, 1.0], **f64)
+    gamma, bias = torch.tensor([0.5, 1.5, 2.0], **f64), torch.tensor([0.3, -0.2, 1.0], **f64)
     pos = torch.tensor([2, 3, 5, 8, 13])
     ref = torch.zeros(5, 5, **f64)
     for m in range(5):
@@ -142,17 +144,17 @@ def test_pairwise_formula_double_loop():
             for j in range(3):
                 zq, zk = complex(q[m, 2 * j], q[m, 2 * j + 1]), complex(k[n, 2 * j], k[n, 2 * j + 1])
                 a = (
-                    float(delta[j]) * (math.atan2(zq.imag, zq.real) - math.atan2(zk.imag, zk.real))
+                    float(gamma[j]) * (math.atan2(zq.imag, zq.real) - math.atan2(zk.imag, zk.real))
                     + float(bias[j])
                     + (int(pos[m]) - int(pos[n])) * float(theta[j])
                 )
                 ref[m, n] += abs(zq) * abs(zk) * math.cos(a)
     torch.testing.assert_close(
-        complex_rotation_scores(q, k, pos, pos, theta, delta, bias), ref / math.sqrt(6), atol=1e-9, rtol=1e-9
+        complex_rotation_scores(q, k, pos, pos, theta, gamma, bias), ref / math.sqrt(6), atol=1e-9, rtol=1e-9
     )
 
 
-def test_bias_on_both_sides_cancels_and_delta_zero_drops_phase():
+def test_bias_on_both_sides_cancels_and_gamma_zero_drops_phase():
     g, q, theta = _inputs(5)
     k = torch.randn(q.shape, generator=g, **f64)
     pos = torch.arange(6)
@@ -160,22 +162,22 @@ def test_bias_on_both_sides_cancels_and_delta_zero_drops_phase():
     both = euler_rotate(q, pos, theta, 0.7, b) @ euler_rotate(k, pos, theta, 0.7, b).transpose(-1, -2)
     none = euler_rotate(q, pos, theta, 0.7) @ euler_rotate(k, pos, theta, 0.7).transpose(-1, -2)
     torch.testing.assert_close(both, none, atol=1e-9, rtol=1e-9)
-    # δ = 0: only the magnitudes of the pairs matter; negating q (phase + π) changes nothing
+    # γ = 0: only the magnitudes of the pairs matter; negating q (phase + π) changes nothing
     s0 = complex_rotation_scores(q, k, pos, pos, theta, 0.0, b)
     torch.testing.assert_close(
         complex_rotation_scores(-q, k, pos, pos, theta, 0.0, b), s0, atol=1e-9, rtol=1e-9
     )
 
 
-def test_branch_cut_discontinuity_for_non_integer_delta():
-    """Crossing the negative real axis: δφ jumps by 2πδ, a full turn only for integer δ."""
+def test_branch_cut_discontinuity_for_non_integer_gamma():
+    """Crossing the negative real axis: γψ jumps by 2πγ, a full turn only for integer γ."""
     eps = 1e-6
-    above = torch.tensor([[-1.0, eps]], **f64)  # φ ≈ +π
-    below = torch.tensor([[-1.0, -eps]], **f64)  # φ ≈ -π
+    above = torch.tensor([[-1.0, eps]], **f64)  # ψ ≈ +π
+    below = torch.tensor([[-1.0, -eps]], **f64)  # ψ ≈ -π
     pos, theta = torch.zeros(1), torch.ones(1, **f64)
-    for delta, continuous in ((0.5, False), (1.5, False), (1.0, True), (2.0, True)):
-        jump = (euler_rotate(above, pos, theta, delta) - euler_rotate(below, pos, theta, delta)).norm().item()
-        assert (jump < 1e-4) == continuous, (delta, jump)
+    for gamma, continuous in ((0.5, False), (1.5, False), (1.0, True), (2.0, True)):
+        jump = (euler_rotate(above, pos, theta, gamma) - euler_rotate(below, pos, theta, gamma)).norm().item()
+        assert (jump < 1e-4) == continuous, (gamma, jump)
 
 
 def test_float16_upcast_and_finite_gradient_at_zero():
@@ -198,7 +200,7 @@ def test_bad_inputs():
         euler_rotate(x, torch.arange(5), theta)
     with pytest.raises(ValueError, match="theta"):
         rope(x, pos, theta[:3])
-    with pytest.raises(ValueError, match="delta"):
+    with pytest.raises(ValueError, match="gamma"):
         euler_rotate(x, pos, theta, torch.ones(5, 1, 4))
     with pytest.raises(ValueError, match="pairing"):
         split_pairs(x, "odd")
@@ -215,10 +217,10 @@ def test_bad_inputs():
 def test_attention_matches_pairwise_scores_with_causal_mask():
     g, q, theta = _inputs(8, (2, 3, 7, 8))
     k, v = torch.randn(q.shape, generator=g, **f64), torch.randn(q.shape, generator=g, **f64)
-    delta, bias = 2 * torch.rand(3, 1, 4, generator=g, **f64), torch.randn(3, 1, 4, generator=g, **f64)
+    gamma, bias = 2 * torch.rand(3, 1, 4, generator=g, **f64), torch.randn(3, 1, 4, generator=g, **f64)
     pos = torch.arange(7)
-    out, w = adaptive_rotation_attention(q, k, v, pos, theta, delta, bias, causal=True)
-    s = complex_rotation_scores(q, k, pos, pos, theta, delta, bias).masked_fill(
+    out, w = adaptive_rotation_attention(q, k, v, pos, theta, gamma, bias, causal=True)
+    s = complex_rotation_scores(q, k, pos, pos, theta, gamma, bias).masked_fill(
         ~causal_mask(7), float("-inf")
     )
     torch.testing.assert_close(w, torch.softmax(s, -1), atol=1e-10, rtol=1e-10)
@@ -237,8 +239,8 @@ def test_modules_start_as_rope_and_shapes():
     for mode in ("shared", "per_head"):
         torch.testing.assert_close(layers[mode](x, causal=True), out_rope, atol=1e-9, rtol=0)
     rotations = {mode: layer.qk_transform for mode, layer in layers.items()}
-    assert rotations["per_head"].delta.shape == (2, 1, 4) and rotations["shared"].delta.shape == (1, 1, 4)
-    assert rotations["rope"].delta is None
+    assert rotations["per_head"].gamma.shape == (2, 1, 4) and rotations["shared"].gamma.shape == (1, 1, 4)
+    assert rotations["rope"].gamma is None
     assert not torch.allclose(layers["nope"](x, causal=True), out_rope)
     # NoPE is permutation-equivariant without a mask; RoPE is not
     perm = torch.randperm(9)
@@ -252,13 +254,13 @@ def test_rotary_layer_equals_rotating_by_hand():
     torch.manual_seed(1)
     layer = rotary_attention(16, 2, "per_head", angle_scale=10.0).double()
     with torch.no_grad():
-        layer.qk_transform.delta_u.normal_()
+        layer.qk_transform.gamma_u.normal_()
         layer.qk_transform.bias_w.normal_()
     x = torch.randn(3, 7, 16, **f64)
     t = layer.qk_transform
     q, k, v = (split_heads(w(x), 2) for w in (layer.w_q, layer.w_k, layer.w_v))
     pos = torch.arange(7)
-    heads, _ = adaptive_rotation_attention(q, k, v, pos, t.theta.double(), t.delta, t.bias, causal=True)
+    heads, _ = adaptive_rotation_attention(q, k, v, pos, t.theta.double(), t.gamma, t.bias, causal=True)
     torch.testing.assert_close(layer(x, causal=True), layer.w_o(merge_heads(heads)), atol=1e-10, rtol=1e-10)
 
 
@@ -288,3 +290,27 @@ def test_mixed_lookup_targets():
     assert torch.equal(again.tokens, b.tokens)
     with pytest.raises(ValueError, match="offset"):
         mixed_lookup(2, 5, 4, offset=5)
+
+
+def test_train_lookup_is_seeded_and_lookup_accuracy_counts_only_questions():
+    """Same seed, same model; another seed, another model; accuracies per question kind."""
+    kw = dict(N=8, n_sym=4, D=8, H=2, steps=3, batch_size=4)
+    (a, ha), (b, hb), (c, _) = (train_lookup("per_head", s, **kw) for s in (0, 0, 1))
+    assert ha.loss == hb.loss and len(ha.loss) == 3
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+    batch = mixed_lookup(16, 8, 4, generator=torch.Generator().manual_seed(0))
+
+    truth = batch.targets.clamp(min=0).clone()  # (B, N): the answers, 0 where there is no question
+
+    class Oracle(torch.nn.Module):  # logits that put all their mass on the true answer
+        def forward(self, tokens):
+            return torch.nn.functional.one_hot(truth, 4).float()
+
+    assert lookup_accuracy(Oracle(), batch) == {"positional": 1.0, "content": 1.0}
+    batch.targets[batch.kind == 0] = (
+        batch.targets[batch.kind == 0] + 1
+    ) % 4  # every positional answer now wrong
+    acc = lookup_accuracy(Oracle(), batch)
+    assert acc["content"] == 1.0 and acc["positional"] == 0.0

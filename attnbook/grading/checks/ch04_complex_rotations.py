@@ -7,12 +7,14 @@ time; the Euler form with torch's complex numbers (abs / angle) in float64.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from ..core import CheckFailed, case, mistake, task
 from ..expect import expect_close, expect_tuple, fresh_generator
+from ..process import largest_intermediate
 
 # (leading dims, N, d, dtype): N = 1, odd N, d not a power of two, both dtypes.
 ROTATION_CASES = [
@@ -33,16 +35,16 @@ def _half(x):
     return x[..., : d // 2], x[..., d // 2 :]
 
 
-def _merge_interleaved(r, p):
-    return torch.stack([r, p], dim=-1).flatten(-2)
+def _merge_interleaved(re, im):
+    return torch.stack([re, im], dim=-1).flatten(-2)
 
 
-def _merge_half(r, p):
-    return torch.cat([r, p], dim=-1)
+def _merge_half(re, im):
+    return torch.cat([re, im], dim=-1)
 
 
 def _rope_reference(x, pos, theta, pairs=_interleaved, merge=_merge_interleaved, sign=1.0):
-    """Pair j of token m times the 2×2 rotation by m·θ_j, one pair at a time (float64)."""
+    """Pair ν of token i times the 2×2 rotation by pos_i·θ_ν, one pair at a time (float64)."""
     x64 = x.double()
     r, p = pairs(x64)
     out_r, out_p = torch.empty_like(r), torch.empty_like(p)
@@ -57,7 +59,7 @@ def _rope_reference(x, pos, theta, pairs=_interleaved, merge=_merge_interleaved,
 
 
 def _polar(x, pairs=_interleaved, eps=1e-12):
-    """(λ, φ) of the pairs with torch's complex numbers, float64."""
+    """(ρ, ψ) of the pairs with torch's complex numbers, float64."""
     r, p = pairs(x.double())
     z = torch.complex(r, p)
     return torch.sqrt(z.abs() ** 2 + eps), torch.angle(z)
@@ -67,20 +69,20 @@ def _euler_reference(
     x,
     pos,
     theta,
-    delta,
+    gamma,
     bias,
     pairs=_interleaved,
     merge=_merge_interleaved,
     *,
-    delta_on_position=False,
+    gamma_on_position=False,
     eps=1e-12,
 ):
-    lam, phi = _polar(x, pairs, eps)  # (..., N, d/2)
-    delta = torch.as_tensor(delta, dtype=torch.float64)
+    rho, psi = _polar(x, pairs, eps)  # (..., N, d/2)
+    gamma = torch.as_tensor(gamma, dtype=torch.float64)
     bias = torch.as_tensor(bias, dtype=torch.float64)
     position = pos.double()[:, None] * theta.double()  # (N, d/2)
-    angle = delta * (phi + position) + bias if delta_on_position else delta * phi + position + bias
-    return merge(lam * torch.cos(angle), lam * torch.sin(angle)).to(x.dtype)
+    angle = gamma * (psi + position) + bias if gamma_on_position else gamma * psi + position + bias
+    return merge(rho * torch.cos(angle), rho * torch.sin(angle)).to(x.dtype)
 
 
 def _tolerance(dtype) -> dict:
@@ -93,13 +95,13 @@ def _random_inputs(gen, lead, N, d, dtype, *, pos_range=40):
     pos = torch.randint(pos_range, (N,), generator=gen)  # not 0..N-1: positions are an input
     theta = (torch.rand(d // 2, generator=gen, dtype=torch.float64) * 1.5 + 0.01).to(
         dtype
-    )  # not base^{-2j/d}
+    )  # not base^{-2ν/d}
     return x, pos, theta
 
 
 @task("ch04.rope", points=2)
 def check_rope(fn):
-    """RoPE: pair (2j, 2j+1) of token m times e^{i pos_m θ_j}."""
+    """RoPE: pair (2ν, 2ν+1) of token i times e^{i pos_i θ_ν}."""
     gen, _ = fresh_generator()
     for lead, N, d, dtype in ROTATION_CASES:
         with case():
@@ -109,17 +111,17 @@ def check_rope(fn):
                 _rope_reference(x, pos, theta),
                 what="rope",
                 **_tolerance(dtype),
-                hint="view x as d/2 complex numbers x[..., 2j] + i x[..., 2j+1], multiply pair j of token m "
-                "by cos(pos[m] θ_j) + i sin(pos[m] θ_j), and interleave the results back",
+                hint="view x as d/2 complex numbers x[..., 2ν] + i x[..., 2ν+1], multiply pair ν of token i "
+                "by cos(pos[i] θ_ν) + i sin(pos[i] θ_ν), and interleave the results back",
             )
 
 
-@mistake("ch04.rope", "half-split pairing (j, j + d/2); this book pairs interleaved coordinates (2j, 2j+1)")
+@mistake("ch04.rope", "half-split pairing (ν, ν + d/2); this book pairs interleaved coordinates (2ν, 2ν+1)")
 def rope_half_split(x, pos, theta):
     return _rope_reference(x, pos, theta, _half, _merge_half)
 
 
-@mistake("ch04.rope", "rotation the wrong way, by e^{-i m θ} (scores then depend on n - m)")
+@mistake("ch04.rope", "rotation the wrong way, by e^{-i p θ} (scores then depend on j - p_i)")
 def rope_wrong_direction(x, pos, theta):
     return _rope_reference(x, pos, theta, sign=-1.0)
 
@@ -134,24 +136,24 @@ def rope_ignores_pos(x, pos, theta):
     return _rope_reference(x, torch.arange(x.shape[-2]), theta)
 
 
-@mistake("ch04.rope", "the given theta ignored (recomputed as 10000^(-2j/d))")
+@mistake("ch04.rope", "the given theta ignored (recomputed as 10000^(-2ν/d))")
 def rope_recomputes_theta(x, pos, theta):
     d = x.shape[-1]
     return _rope_reference(x, pos, 10000.0 ** (-2 * torch.arange(d // 2, dtype=torch.float64) / d))
 
 
 def _param_shapes(lead, d):
-    """Ways delta/bias may come: a float, shared (d/2,), per head (H, 1, d/2)."""
+    """Ways gamma/bias may come: a float, shared (d/2,), per head (H, 1, d/2)."""
     shapes = [(), (d // 2,)]
     if len(lead) == 2:
         shapes.append((lead[1], 1, d // 2))
     return shapes
 
 
-def _expect_finite_gradient(fn, x, pos, theta, delta, bias, what):
+def _expect_finite_gradient(fn, x, pos, theta, gamma, bias, what):
     x = x.clone().requires_grad_(True)
     try:
-        out = fn(x, pos, theta, delta, bias)
+        out = fn(x, pos, theta, gamma, bias)
         out.float().pow(2).sum().backward()
     except CheckFailed:
         raise
@@ -164,47 +166,47 @@ def _expect_finite_gradient(fn, x, pos, theta, delta, bias, what):
         raise CheckFailed(f"{what}: no gradient reached x; use differentiable torch operations only")
     if not torch.isfinite(x.grad).all():
         raise CheckFailed(
-            f"{what}: the gradient is NaN or infinite at a pair (r, p) = (0, 0). The derivative of "
-            "sqrt(u) is infinite at u = 0: compute λ = sqrt(r² + p² + eps), in float32 at least "
+            f"{what}: the gradient is NaN or infinite at a pair (Re, Im) = (0, 0). The derivative of "
+            "sqrt(u) is infinite at u = 0: compute ρ = sqrt(Re² + Im² + eps), in float32 at least "
             "(eps = 1e-12 underflows to 0 in float16)"
         )
 
 
 @task("ch04.euler_rotate", points=3)
 def check_euler_rotate(fn):
-    """Polar form λ e^{iφ} rotated to angle δ φ + pos θ + b; magnitude kept."""
+    """Polar form ρ e^{iψ} rotated to angle γ ψ + pos θ + b; magnitude kept."""
     gen, _ = fresh_generator()
     for lead, N, d, dtype in ROTATION_CASES:
         for shape in _param_shapes(lead, d):
             with case():
                 x, pos, theta = _random_inputs(gen, lead, N, d, dtype)
                 if shape == ():
-                    delta, bias = (
+                    gamma, bias = (
                         0.5 + 1.5 * torch.rand((), generator=gen).item(),
                         torch.randn((), generator=gen).item(),
                     )
                 else:
-                    delta = (2 * torch.rand(shape, generator=gen, dtype=torch.float64)).to(dtype)
+                    gamma = (2 * torch.rand(shape, generator=gen, dtype=torch.float64)).to(dtype)
                     bias = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
                 expect_close(
-                    fn(x.clone(), pos.clone(), theta.clone(), delta, bias),
-                    _euler_reference(x, pos, theta, delta, bias),
+                    fn(x.clone(), pos.clone(), theta.clone(), gamma, bias),
+                    _euler_reference(x, pos, theta, gamma, bias),
                     what="euler_rotate",
                     **_tolerance(dtype),
-                    hint="λ = sqrt(r² + p² + eps), φ = atan2(p, r); angle = δ·φ + pos·θ + b; "
-                    "output pairs (λ cos angle, λ sin angle), interleaved",
+                    hint="ρ = sqrt(Re² + Im² + eps), ψ = atan2(Im, Re); angle = γ·ψ + pos·θ + b; "
+                    "output pairs (ρ cos angle, ρ sin angle), interleaved",
                 )
-    with case():  # RoPE limit: δ = 1, b = 0 must be RoPE; θ = 0 as well must be the identity
+    with case():  # RoPE limit: γ = 1, b = 0 must be RoPE; θ = 0 as well must be the identity
         x, pos, theta = _random_inputs(gen, (2, 3), 6, 8, torch.float64)
         expect_close(
             fn(x.clone(), pos, theta, 1.0, 0.0),
             _rope_reference(x, pos, theta),
-            what="euler_rotate with delta = 1, bias = 0 (must equal RoPE)",
+            what="euler_rotate with gamma = 1, bias = 0 (must equal RoPE)",
         )
         expect_close(
             fn(x.clone(), pos, torch.zeros_like(theta), 1.0, 0.0),
             x,
-            what="euler_rotate with delta = 1, bias = 0, theta = 0 (must return x)",
+            what="euler_rotate with gamma = 1, bias = 0, theta = 0 (must return x)",
             atol=1e-9,
         )
     for dtype in (torch.float32, torch.float16):  # low precision in and out, with zero pairs
@@ -213,18 +215,18 @@ def check_euler_rotate(fn):
             far = 1000 if dtype == torch.float16 else 40
             x, pos, theta = _random_inputs(gen, (2, 2), 5, 8, dtype, pos_range=far)
             x[..., 1, 2:4] = 0  # one zero pair per (batch, head)
-            delta = torch.full((2, 1, 4), 1.5, dtype=dtype)
+            gamma = torch.full((2, 1, 4), 1.5, dtype=dtype)
             bias = torch.full((2, 1, 4), 0.3, dtype=dtype)
             what = f"euler_rotate with {str(dtype).replace('torch.', '')} input and a zero pair"
             expect_close(
-                fn(x.clone(), pos, theta, delta, bias),
-                _euler_reference(x, pos, theta, delta, bias),
+                fn(x.clone(), pos, theta, gamma, bias),
+                _euler_reference(x, pos, theta, gamma, bias),
                 what=what,
                 **_tolerance(dtype),
                 hint="compute in float32 (x.float(), theta.float(), ...) and cast the result "
                 "back to x's dtype",
             )
-            _expect_finite_gradient(fn, x, pos, theta, delta, bias, what)
+            _expect_finite_gradient(fn, x, pos, theta, gamma, bias, what)
     with case():  # odd head width: a clear ValueError
         x_odd = torch.randn(1, 2, 3, 5, generator=gen)
         try:
@@ -242,41 +244,41 @@ def check_euler_rotate(fn):
             )
 
 
-@mistake("ch04.euler_rotate", "half-split pairing (j, j + d/2); pair interleaved coordinates (2j, 2j+1)")
-def euler_half_split(x, pos, theta, delta, bias, eps=1e-12):
-    return _euler_reference(x, pos, theta, delta, bias, _half, _merge_half)
+@mistake("ch04.euler_rotate", "half-split pairing (ν, ν + d/2); pair interleaved coordinates (2ν, 2ν+1)")
+def euler_half_split(x, pos, theta, gamma, bias, eps=1e-12):
+    return _euler_reference(x, pos, theta, gamma, bias, _half, _merge_half)
 
 
 @mistake(
     "ch04.euler_rotate",
-    "δ multiplies the position angle too, δ(φ + pos·θ); only the semantic angle φ is scaled",
+    "γ multiplies the position angle too, γ(ψ + pos·θ); only the semantic angle ψ is scaled",
 )
-def euler_delta_scales_position(x, pos, theta, delta, bias, eps=1e-12):
-    return _euler_reference(x, pos, theta, delta, bias, delta_on_position=True)
+def euler_gamma_scales_position(x, pos, theta, gamma, bias, eps=1e-12):
+    return _euler_reference(x, pos, theta, gamma, bias, gamma_on_position=True)
 
 
 @mistake("ch04.euler_rotate", "the bias b is missing")
-def euler_forgets_bias(x, pos, theta, delta, bias, eps=1e-12):
-    return _euler_reference(x, pos, theta, delta, 0.0)
+def euler_forgets_bias(x, pos, theta, gamma, bias, eps=1e-12):
+    return _euler_reference(x, pos, theta, gamma, 0.0)
 
 
 @mistake("ch04.euler_rotate", "the bias is subtracted instead of added")
-def euler_subtracts_bias(x, pos, theta, delta, bias, eps=1e-12):
-    return _euler_reference(x, pos, theta, delta, -torch.as_tensor(bias))
+def euler_subtracts_bias(x, pos, theta, gamma, bias, eps=1e-12):
+    return _euler_reference(x, pos, theta, gamma, -torch.as_tensor(bias))
 
 
 @mistake("ch04.euler_rotate", "the position angle is missing")
-def euler_without_position(x, pos, theta, delta, bias, eps=1e-12):
-    return _euler_reference(x, pos, theta * 0, delta, bias)
+def euler_without_position(x, pos, theta, gamma, bias, eps=1e-12):
+    return _euler_reference(x, pos, theta * 0, gamma, bias)
 
 
 @mistake(
     "ch04.euler_rotate",
-    "λ = sqrt(r² + p²) without eps: its gradient is NaN at a zero pair (r, p) = (0, 0); "
-    "compute sqrt(r² + p² + eps)",
+    "ρ = sqrt(Re² + Im²) without eps: its gradient is NaN at a zero pair (Re, Im) = (0, 0); "
+    "compute sqrt(Re² + Im² + eps)",
 )
-def euler_no_eps(x, pos, theta, delta, bias, eps=1e-12):
-    return _euler_float(x, pos, theta, delta, bias, eps=0.0)
+def euler_no_eps(x, pos, theta, gamma, bias, eps=1e-12):
+    return _euler_float(x, pos, theta, gamma, bias, eps=0.0)
 
 
 @mistake(
@@ -284,8 +286,8 @@ def euler_no_eps(x, pos, theta, delta, bias, eps=1e-12):
     "computed in float16, where eps = 1e-12 underflows to 0 and the angles lose "
     "precision; compute in float32 and cast the result back to x's dtype",
 )
-def euler_no_upcast(x, pos, theta, delta, bias, eps=1e-12):
-    return _euler_float(x, pos, theta, delta, bias, work=x.dtype)
+def euler_no_upcast(x, pos, theta, gamma, bias, eps=1e-12):
+    return _euler_float(x, pos, theta, gamma, bias, work=x.dtype)
 
 
 @mistake(
@@ -293,26 +295,26 @@ def euler_no_upcast(x, pos, theta, delta, bias, eps=1e-12):
     "an odd head width was accepted (its last coordinate dropped); raise a ValueError: "
     "with d odd there are no pairs",
 )
-def euler_accepts_odd_width(x, pos, theta, delta, bias, eps=1e-12):
+def euler_accepts_odd_width(x, pos, theta, gamma, bias, eps=1e-12):
     if x.shape[-1] % 2:
         x = x[..., :-1]
         theta = theta[: x.shape[-1] // 2]
-    return _euler_float(x, pos, theta, delta, bias)
+    return _euler_float(x, pos, theta, gamma, bias)
 
 
-def _euler_float(x, pos, theta, delta, bias, *, eps=1e-12, work=None):
+def _euler_float(x, pos, theta, gamma, bias, *, eps=1e-12, work=None):
     """euler_rotate through atan2 in ``work`` (float32 by default), as a learner writes it."""
     if x.shape[-1] % 2:
         raise ValueError("odd head width")
     work = (torch.float64 if x.dtype == torch.float64 else torch.float32) if work is None else work
     r, p = _interleaved(x.to(work))
-    lam = torch.sqrt(r * r + p * p + eps)
+    rho = torch.sqrt(r * r + p * p + eps)
     angle = (
-        torch.as_tensor(delta, dtype=work) * torch.atan2(p, r)
+        torch.as_tensor(gamma, dtype=work) * torch.atan2(p, r)
         + pos.to(work)[:, None] * theta.to(work)
         + torch.as_tensor(bias, dtype=work)
     )
-    return _merge_interleaved(lam * torch.cos(angle), lam * torch.sin(angle)).to(x.dtype)
+    return _merge_interleaved(rho * torch.cos(angle), rho * torch.sin(angle)).to(x.dtype)
 
 
 def _scores_reference(
@@ -320,21 +322,21 @@ def _scores_reference(
     k,
     pos,
     theta,
-    delta,
+    gamma,
     bias,
     pairs=_interleaved,
     *,
     bias_on_keys=False,
     sign=1.0,
     scale=True,
-    delta_on_query_only=False,
+    gamma_on_query_only=False,
 ):
     """Rotate queries and keys independently with the complex reference, then a dot product."""
     merge = _merge_interleaved if pairs is _interleaved else _merge_half
-    q_rot = _euler_reference(q, sign * pos, theta, delta, bias, pairs, merge).double()
-    k_delta = 1.0 if delta_on_query_only else delta
+    q_rot = _euler_reference(q, sign * pos, theta, gamma, bias, pairs, merge).double()
+    k_gamma = 1.0 if gamma_on_query_only else gamma
     k_rot = _euler_reference(
-        k, sign * pos, theta, k_delta, bias if bias_on_keys else 0.0, pairs, merge
+        k, sign * pos, theta, k_gamma, bias if bias_on_keys else 0.0, pairs, merge
     ).double()
     scores = q_rot @ k_rot.transpose(-2, -1)
     return (scores / math.sqrt(q.shape[-1]) if scale else scores).to(q.dtype)
@@ -342,7 +344,7 @@ def _scores_reference(
 
 @task("ch04.complex_scores", points=3)
 def check_complex_scores(fn):
-    """Σ_j λ^q λ^k cos(δ(φ^q_m - φ^k_n) + b + (m - n)θ_j) / sqrt(d), all pairs (m, n)."""
+    """Σ_ν ρ^q ρ^k cos(γ(ψ^q_i - ψ^k_j) + b + (p_i - j)θ_ν) / sqrt(d), every (i, j)."""
     gen, _ = fresh_generator()
     for lead, N, d, dtype in ROTATION_CASES:
         for shape in _param_shapes(lead, d):
@@ -350,33 +352,33 @@ def check_complex_scores(fn):
                 q, pos, theta = _random_inputs(gen, lead, N, d, dtype)
                 k = torch.randn(q.shape, generator=gen, dtype=torch.float64).to(dtype)
                 if shape == ():
-                    delta, bias = (
+                    gamma, bias = (
                         0.5 + torch.rand((), generator=gen).item(),
                         0.5 + torch.rand((), generator=gen).item(),
                     )
                 else:
-                    delta = (0.25 + 1.5 * torch.rand(shape, generator=gen, dtype=torch.float64)).to(dtype)
+                    gamma = (0.25 + 1.5 * torch.rand(shape, generator=gen, dtype=torch.float64)).to(dtype)
                     bias = (torch.rand(shape, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
                 expect_close(
-                    fn(q.clone(), k.clone(), pos.clone(), theta.clone(), delta, bias),
-                    _scores_reference(q, k, pos, theta, delta, bias),
+                    fn(q.clone(), k.clone(), pos.clone(), theta.clone(), gamma, bias),
+                    _scores_reference(q, k, pos, theta, gamma, bias),
                     what="complex_scores",
                     **_tolerance(dtype),
-                    hint="score[m, n] = Σ_j λq[m,j] λk[n,j] cos(δ_j (φq[m,j] - φk[n,j]) + b_j + "
-                    "(pos[m] - pos[n]) θ_j) / sqrt(d)",
+                    hint="S[i, j] = Σ_ν ρq[i,ν] ρk[j,ν] cos(γ_ν (ψq[i,ν] - ψk[j,ν]) + b_ν + "
+                    "(pos[i] - pos[j]) θ_ν) / sqrt(d)",
                 )
     with case():  # shift invariance: moving every position by the same amount changes nothing
         q, pos, theta = _random_inputs(gen, (2, 2), 6, 8, torch.float64)
         k = torch.randn(q.shape, generator=gen, dtype=torch.float64)
-        delta, bias = (
+        gamma, bias = (
             torch.full((2, 1, 4), 0.7, dtype=torch.float64),
             torch.full((2, 1, 4), 0.4, dtype=torch.float64),
         )
         expect_close(
-            fn(q.clone(), k.clone(), pos + 17, theta, delta, bias),
-            fn(q.clone(), k.clone(), pos, theta, delta, bias),
+            fn(q.clone(), k.clone(), pos + 17, theta, gamma, bias),
+            fn(q.clone(), k.clone(), pos, theta, gamma, bias),
             what="complex_scores with every position shifted by 17 (must not change)",
-            hint="the positions may enter only through the differences pos[m] - pos[n]",
+            hint="the positions may enter only through the differences pos[i] - pos[j]",
         )
 
 
@@ -384,93 +386,272 @@ def check_complex_scores(fn):
     "ch04.complex_scores",
     "the bias is added to the key angles too, where it cancels; add b to the query angle only",
 )
-def scores_bias_on_both(q, k, pos, theta, delta, bias, eps=1e-12):
-    return _scores_reference(q, k, pos, theta, delta, bias, bias_on_keys=True)
+def scores_bias_on_both(q, k, pos, theta, gamma, bias, eps=1e-12):
+    return _scores_reference(q, k, pos, theta, gamma, bias, bias_on_keys=True)
 
 
-@mistake("ch04.complex_scores", "the positional angle uses (n - m)·θ instead of (m - n)·θ")
-def scores_relative_sign_flipped(q, k, pos, theta, delta, bias, eps=1e-12):
-    return _scores_reference(q, k, pos, theta, delta, bias, sign=-1.0)
+@mistake(
+    "ch04.complex_scores", "the positional angle uses (pos[j] - pos[i])·θ instead of (pos[i] - pos[j])·θ"
+)
+def scores_relative_sign_flipped(q, k, pos, theta, gamma, bias, eps=1e-12):
+    return _scores_reference(q, k, pos, theta, gamma, bias, sign=-1.0)
 
 
 @mistake("ch04.complex_scores", "the scores are not divided by sqrt(d)")
-def scores_unscaled(q, k, pos, theta, delta, bias, eps=1e-12):
-    return _scores_reference(q, k, pos, theta, delta, bias, scale=False)
+def scores_unscaled(q, k, pos, theta, gamma, bias, eps=1e-12):
+    return _scores_reference(q, k, pos, theta, gamma, bias, scale=False)
 
 
-@mistake("ch04.complex_scores", "δ scales the query angle only; it scales the difference φ^q - φ^k")
-def scores_delta_on_query_only(q, k, pos, theta, delta, bias, eps=1e-12):
-    return _scores_reference(q, k, pos, theta, delta, bias, delta_on_query_only=True)
+@mistake("ch04.complex_scores", "γ scales the query angle only; it scales the difference ψ^q - ψ^k")
+def scores_gamma_on_query_only(q, k, pos, theta, gamma, bias, eps=1e-12):
+    return _scores_reference(q, k, pos, theta, gamma, bias, gamma_on_query_only=True)
 
 
-@mistake("ch04.complex_scores", "half-split pairing (j, j + d/2); pair interleaved coordinates (2j, 2j+1)")
-def scores_half_split(q, k, pos, theta, delta, bias, eps=1e-12):
-    return _scores_reference(q, k, pos, theta, delta, bias, _half)
+@mistake("ch04.complex_scores", "half-split pairing (ν, ν + d/2); pair interleaved coordinates (2ν, 2ν+1)")
+def scores_half_split(q, k, pos, theta, gamma, bias, eps=1e-12):
+    return _scores_reference(q, k, pos, theta, gamma, bias, _half)
 
 
 @mistake(
     "ch04.complex_scores",
     "only the queries were rotated by their positions, so the scores depend on absolute "
-    "positions; rotate the keys by theirs too, so that (m - n)·θ remains",
+    "positions; rotate the keys by theirs too, so that (pos[i] - pos[j])·θ remains",
 )
-def scores_absolute_positions(q, k, pos, theta, delta, bias, eps=1e-12):
-    q_rot = _euler_reference(q, pos, theta, delta, bias).double()
-    k_rot = _euler_reference(k, torch.zeros_like(pos), theta, delta, 0.0).double()
+def scores_absolute_positions(q, k, pos, theta, gamma, bias, eps=1e-12):
+    q_rot = _euler_reference(q, pos, theta, gamma, bias).double()
+    k_rot = _euler_reference(k, torch.zeros_like(pos), theta, gamma, 0.0).double()
     return (q_rot @ k_rot.transpose(-2, -1) / math.sqrt(q.shape[-1])).to(q.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
-@task("ch04.rope_deviation", points=1)
-def check_rope_deviation(fn):
-    """Per head, the root-mean-square distance of δ from 1 and of b from 0."""
+# (B, H, N, M, d, dtype, parameter shape): a cache (N < M), one decoding step (N = 1), N = M.
+ATTENTION_CASES = [
+    (2, 3, 5, 5, 8, torch.float64, "per_head"),
+    (1, 2, 3, 7, 6, torch.float32, "shared"),
+    (2, 1, 1, 9, 4, torch.float64, "float"),
+    (1, 4, 6, 11, 10, torch.float32, "per_head"),
+]
+
+
+def _attention_reference(q, k, v, theta, gamma, bias):
+    """The pairwise formula with complex numbers (float64), masked, softmax, values (unrotated)."""
+    N, M, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    p_q = torch.arange(M - N, M)  # p_i = i + M - N
+    p_k = torch.arange(M)
+    rq, fq = _polar(q)  # (B, H, N, d/2)
+    rk, fk = _polar(k)  # (B, H, M, d/2)
+    gamma = torch.as_tensor(gamma, dtype=torch.float64)
+    bias = torch.as_tensor(bias, dtype=torch.float64)
+    g = gamma[..., None, :] if gamma.ndim else gamma  # (H, 1, 1, d/2): a key axis
+    b = bias[..., None, :] if bias.ndim else bias
+    rel = (p_q[:, None] - p_k[None, :]).double()[..., None] * theta.double()  # (N, M, d/2)
+    # S_ij = Σ_ν ρq ρk cos(γ(ψq_i - ψk_j) + b + (p_i - j) θ_ν) / sqrt(d)
+    angle = g * (fq[..., :, None, :] - fk[..., None, :, :]) + b + rel
+    scores = (rq[..., :, None, :] * rk[..., None, :, :] * torch.cos(angle)).sum(-1) / math.sqrt(d)
+    weights = torch.softmax(scores.masked_fill(p_k[None, :] > p_q[:, None], float("-inf")), dim=-1)
+    return (weights @ v.double()).to(q.dtype), weights.to(q.dtype)
+
+
+def _attention_mistake(
+    q, k, v, theta, gamma, bias, *, q_pos=None, bias_on_keys=False, top_left=False, rotate_v=False, scale=True
+):
+    """A wrong answer, computed per token (rotate once, one matrix product), as a learner would."""
+    N, M, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    p_q = torch.arange(M - N, M) if q_pos is None else q_pos
+    p_k = torch.arange(M)
+    q_rot = _euler_reference(q, p_q, theta, gamma, bias).double()  # (B, H, N, d)
+    k_rot = _euler_reference(k, p_k, theta, gamma, bias if bias_on_keys else 0.0).double()  # (B, H, M, d)
+    scores = q_rot @ k_rot.transpose(-2, -1)  # (B, H, N, M)
+    if scale:
+        scores = scores / math.sqrt(d)
+    visible = p_k[None, :] <= (torch.arange(N)[:, None] if top_left else torch.arange(M - N, M)[:, None])
+    weights = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    values = _euler_reference(v, p_k, theta, gamma, 0.0).double() if rotate_v else v.double()
+    return (weights @ values).to(q.dtype), weights.to(q.dtype)
+
+
+def _attention_inputs(gen, B, H, N, M, d, dtype, shape):
+    q = torch.randn(B, H, N, d, generator=gen, dtype=torch.float64).to(dtype)
+    k, v = (torch.randn(B, H, M, d, generator=gen, dtype=torch.float64).to(dtype) for _ in range(2))
+    theta = (torch.rand(d // 2, generator=gen, dtype=torch.float64) * 1.5 + 0.01).to(dtype)
+    if shape == "float":
+        return (
+            q,
+            k,
+            v,
+            theta,
+            0.5 + torch.rand((), generator=gen).item(),
+            torch.rand((), generator=gen).item(),
+        )
+    size = (H, 1, d // 2) if shape == "per_head" else (d // 2,)
+    gamma = (0.25 + 1.5 * torch.rand(size, generator=gen, dtype=torch.float64)).to(dtype)
+    bias = (2 * torch.rand(size, generator=gen, dtype=torch.float64) - 1).to(dtype)
+    return q, k, v, theta, gamma, bias
+
+
+PAIRWISE_HINT = (
+    "the answer builds the pairwise angle tensor (..., N, M, d/2); the adapted angle is linear, so "
+    "rotate every query and every key once and take one matrix product (the factorisation)"
+)
+
+
+@task("ch04.adaptive_attention", points=4)
+def check_adaptive_attention(fn):
+    """Causal attention with per-token adaptive rotations; queries are the last N of M positions."""
     gen, _ = fresh_generator()
-    for H, F, dtype in [
-        (4, 4, torch.float32),
-        (1, 3, torch.float64),
-        (6, 1, torch.float32),
-        (3, 8, torch.float64),
-    ]:
+    for B, H, N, M, d, dtype, shape in ATTENTION_CASES:
         with case():
-            delta = (1 + 0.5 * torch.randn(H, F, generator=gen, dtype=torch.float64)).to(dtype)
-            bias = torch.randn(H, F, generator=gen, dtype=torch.float64).to(dtype)
-            # reference: explicit loops
-            rms = lambda t, centre: torch.tensor(  # noqa: E731
-                [math.sqrt(sum((float(t[h, j]) - centre) ** 2 for j in range(F)) / F) for h in range(H)],
-                dtype=dtype,
-            )
-            got = expect_tuple(fn(delta.clone(), bias.clone()), ("delta_deviation", "bias_deviation"))
+            q, k, v, theta, gamma, bias = _attention_inputs(gen, B, H, N, M, d, dtype, shape)
+            with largest_intermediate() as seen:
+                got = fn(q.clone(), k.clone(), v.clone(), theta.clone(), gamma, bias)
+            out, weights = expect_tuple(got, ("out", "weights"))
+            ref_out, ref_weights = _attention_reference(q, k, v, theta, gamma, bias)
             expect_close(
-                got[0],
-                rms(delta, 1.0),
-                what="delta deviation",
-                hint="per head h: sqrt(mean_j (δ[h, j] - 1)²), shape (H,)",
+                weights,
+                ref_weights,
+                what=f"weights for (B, H, N, M, d) = {(B, H, N, M, d)}, {dtype}, γ {shape}",
+                **_tolerance(dtype),
+                hint="softmax over keys of S_ij = τ q'_i · k'_j, key j hidden when j > p_i = i + M - N",
             )
             expect_close(
-                got[1],
-                rms(bias, 0.0),
-                what="bias deviation",
-                hint="per head h: sqrt(mean_j b[h, j]²), shape (H,)",
+                out,
+                ref_out,
+                what=f"out for (N, M) = {(N, M)}",
+                **_tolerance(dtype),
+                hint="out = weights @ v (v unrotated)",
             )
-
-
-@mistake("ch04.rope_deviation", "distance of δ from 0; RoPE is δ = 1")
-def deviation_from_zero(delta, bias):
-    return delta.pow(2).mean(-1).sqrt(), bias.pow(2).mean(-1).sqrt()
+            if N > 1 and seen.first(lambda s: len(s) >= 3 and s[-3:] == (N, M, d // 2)):
+                raise CheckFailed(PAIRWISE_HINT)
 
 
 @mistake(
-    "ch04.rope_deviation",
-    "signed means of δ - 1 and of b, where deviations of opposite signs cancel; use the root mean square",
+    "ch04.adaptive_attention",
+    "the bias b is added to the keys' angles too, where it cancels; b goes on the queries only",
 )
-def deviation_signed_mean(delta, bias):
-    return (delta - 1).mean(-1), bias.mean(-1)
+def attention_bias_on_keys(q, k, v, theta, gamma, bias):
+    return _attention_mistake(q, k, v, theta, gamma, bias, bias_on_keys=True)
 
 
-@mistake("ch04.rope_deviation", "mean absolute deviation instead of the root mean square")
-def deviation_mean_absolute(delta, bias):
-    return (delta - 1).abs().mean(-1), bias.abs().mean(-1)
+@mistake(
+    "ch04.adaptive_attention",
+    "the queries are rotated by positions 0 ... N-1; they are the LAST N of the M positions, p_i = i + M - N",
+)
+def attention_queries_at_start(q, k, v, theta, gamma, bias):
+    return _attention_mistake(q, k, v, theta, gamma, bias, q_pos=torch.arange(q.shape[-2]))
 
 
-@mistake("ch04.rope_deviation", "one number for all the heads; the deviation is per head, shape (H,)")
-def deviation_over_all_heads(delta, bias):
-    return (delta - 1).pow(2).mean().sqrt(), bias.pow(2).mean().sqrt()
+@mistake(
+    "ch04.adaptive_attention",
+    "the causal mask is aligned top-left (key j visible when j <= i); compare with the query's "
+    "position: j <= p_i = i + M - N",
+)
+def attention_top_left_mask(q, k, v, theta, gamma, bias):
+    return _attention_mistake(q, k, v, theta, gamma, bias, top_left=True)
+
+
+@mistake("ch04.adaptive_attention", "the values are rotated too; only queries and keys carry positions")
+def attention_rotates_values(q, k, v, theta, gamma, bias):
+    return _attention_mistake(q, k, v, theta, gamma, bias, rotate_v=True)
+
+
+@mistake("ch04.adaptive_attention", "the scores are not multiplied by τ = 1/sqrt(d)")
+def attention_unscaled(q, k, v, theta, gamma, bias):
+    return _attention_mistake(q, k, v, theta, gamma, bias, scale=False)
+
+
+@mistake("ch04.adaptive_attention", PAIRWISE_HINT)
+def attention_pairwise(q, k, v, theta, gamma, bias):
+    return _attention_reference(q, k, v, theta, gamma, bias)  # every (i, j, ν) angle at once
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment: the chapter's recipe, scaled down to run in about a second per model.
+RECIPE = dict(N=12, n_sym=6, D=16, H=2, layers=1, steps=60, batch_size=32, lr=2e-2)
+REFERENCE_SEEDS = (0, 1, 2)
+LEARNER_SEED = 7
+
+
+@functools.cache
+def _reference_accuracies(mode: str) -> tuple[float, ...]:
+    """The positional accuracy of the recipe over REFERENCE_SEEDS (cached: it trains models)."""
+    from ...mechanisms.complex_rotations import lookup_accuracy, train_lookup
+    from ...tasks.mixed_lookup import mixed_lookup
+
+    accs = []
+    for seed in REFERENCE_SEEDS:
+        model, _ = train_lookup(mode, seed, **RECIPE)
+        test = mixed_lookup(
+            500, RECIPE["N"], RECIPE["n_sym"], generator=torch.Generator().manual_seed(1000 + seed)
+        )
+        accs.append(lookup_accuracy(model, test)["positional"])
+    return tuple(accs)
+
+
+def _accepted_range(mode: str) -> tuple[float, float, float, float]:
+    accs = torch.tensor(_reference_accuracies(mode), dtype=torch.float64)
+    mean, std = accs.mean().item(), accs.std().item()
+    half = max(4 * std, 0.05)  # mean ± 4 std over the seeds, at least ± 0.05
+    return mean - half, mean + half, mean, std
+
+
+@task("ch04.positional_accuracy", points=3, time_limit=60.0)
+def check_positional_accuracy(fn):
+    """The learner's measured positional accuracy lies in the range the reference runs give."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models train fastest on one thread
+    try:
+        for mode in ("nope", "rope"):
+            with case():
+                low, high, mean, std = _accepted_range(mode)
+                got = fn(mode, LEARNER_SEED)
+                if isinstance(got, torch.Tensor) and got.numel() == 1:
+                    got = got.item()
+                if not isinstance(got, (float, int)):
+                    raise CheckFailed(f"positional_accuracy returned {type(got).__name__}; return a float")
+                if not low <= float(got) <= high:
+                    raise CheckFailed(
+                        f"positional_accuracy({mode!r}, seed={LEARNER_SEED}) = {float(got):.3f}, but the "
+                        f"reference runs give {mean:.3f} ± {std:.3f} over seeds {REFERENCE_SEEDS} "
+                        f"(accepted: {low:.3f} ... {high:.3f})",
+                        hint="follow the recipe in the docstring and return the accuracy on the "
+                        "positional questions (kind == 0) of the test batch",
+                    )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _experiment(mode, seed, *, kind=0, all_positions=False):
+    from ...mechanisms.complex_rotations import train_lookup
+    from ...tasks.mixed_lookup import mixed_lookup
+
+    model, _ = train_lookup(mode, seed, **RECIPE)
+    test = mixed_lookup(
+        500, RECIPE["N"], RECIPE["n_sym"], generator=torch.Generator().manual_seed(1000 + seed)
+    )
+    with torch.no_grad():
+        correct = model(test.tokens).argmax(-1) == test.targets  # (B, N)
+    return (
+        correct.float().mean().item() if all_positions else correct[test.kind == kind].float().mean().item()
+    )
+
+
+@mistake(
+    "ch04.positional_accuracy",
+    "the accuracy on the content questions (kind == 1); the experiment measures the positional ones",
+)
+def experiment_content_accuracy(mode, seed):
+    return _experiment(mode, seed, kind=1)
+
+
+@mistake("ch04.positional_accuracy", "the rotation mode is not passed on: every run trains the RoPE model")
+def experiment_ignores_mode(mode, seed):
+    return _experiment("rope", seed)
+
+
+@mistake(
+    "ch04.positional_accuracy",
+    "the accuracy over every position, where positions without a question (target IGNORE) count as "
+    "wrong and content questions count too; keep the positional questions only (kind == 0)",
+)
+def experiment_all_positions(mode, seed):
+    return _experiment(mode, seed, all_positions=True)
