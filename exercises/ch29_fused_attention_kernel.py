@@ -17,6 +17,9 @@ import os
 import torch
 from torch import Tensor
 
+# for measured_peak_memory, the experiment at the end
+from attnbook.mechanisms.fused_attention_memory import naive_attention, peak_memory  # noqa: F401
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU: run the kernel in the CPU interpreter
 
@@ -65,7 +68,8 @@ def blocked_attention(q: Tensor, k: Tensor, v: Tensor, block: int) -> tuple[Tens
         out: (B, H, N, d_v) = softmax(q kᵀ / sqrt(d)) v over the keys.
         lse: (B, H, N), the natural log-sum-exp of each query's scores: log Σ_j exp(s_j).
         Both in q's dtype. Never build the whole (N, M) score matrix: one (N, block) block at a
-        time, starting from m = -inf, l = 0, acc = 0.
+        time, starting from m = -inf, l = 0, acc = 0 (the grader watches every tensor your
+        function produces, and tries rows whose scores are all near -1800 or +1800).
     """
     raise NotImplementedError("ch29.blocked_attention")
 
@@ -81,9 +85,10 @@ def attention_backward(
         do: (B, H, N, d_v), the gradient of the loss with respect to o.
 
     Returns:
-        (dq, dk, dv) with the shapes of (q, k, v). Recompute P = exp(S - lse) with
-        S = q kᵀ / sqrt(d); then dV = Pᵀ dO, dP = dO Vᵀ, D = rowsum(dO ∘ O),
-        dS = P ∘ (dP - D), dQ = dS K / sqrt(d), dK = dSᵀ Q / sqrt(d). No autograd.
+        (dq, dk, dv) with the shapes of (q, k, v). Recompute the weights A = exp(S - lse) with
+        S = τ q kᵀ, τ = 1/sqrt(d); then dV = Aᵀ dO, dA = dO Vᵀ, Δ = rowsum(dO ∘ O),
+        dS = A ∘ (dA - Δ), dQ = τ dS K, dK = τ dSᵀ Q. No autograd: the grader turns it off
+        and fails a function that calls it.
     """
     raise NotImplementedError("ch29.attention_backward")
 
@@ -133,3 +138,24 @@ def triton_attention_forward(
         q, k, v, out, lse, N, M, 1.0 / math.sqrt(d), BLOCK_M=block_m, BLOCK_N=block_n, D=d
     )
     return out, lse
+
+
+def measured_peak_memory(N: int, block: int) -> tuple[int, int]:
+    """Experiment: measure the peak memory of naive attention and of YOUR blocked attention.
+
+    Make float32 q, k, v of shape (1, 1, N, 32) (torch.randn), then measure each computation with
+    ``peak_memory`` from attnbook.mechanisms.fused_attention_memory, which returns
+    (result, peak bytes of the tensors it held at once, the inputs not counted):
+
+        naive_attention(q, k, v)              # from the same module: the (N, N) scores and weights
+        blocked_attention(q, k, v, block)     # your function above, key blocks of ``block``
+
+    Args:
+        N: number of queries and keys (N = M), larger than ``block``.
+        block: keys per block.
+
+    Returns:
+        (naive_bytes, blocked_bytes), two positive numbers of bytes. Try N = 256, 512, ..., 4096:
+        which one grows as N², which as N?
+    """
+    raise NotImplementedError("ch29.measured_peak_memory")

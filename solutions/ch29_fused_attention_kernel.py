@@ -11,6 +11,8 @@ import os
 import torch
 from torch import Tensor
 
+from attnbook.mechanisms.fused_attention_memory import naive_attention, peak_memory
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU: run the kernel in the CPU interpreter
 
@@ -47,7 +49,7 @@ def blocked_attention(q: Tensor, k: Tensor, v: Tensor, block: int) -> tuple[Tens
         stop = min(start + block, M)
         s = q @ k[..., start:stop, :].transpose(-2, -1) * scale  # (B, H, N, <=block)
         m, l, acc = online_softmax_update(m, l, acc, s, v[..., start:stop, :])
-    # O = acc / l and L = m + log l
+    # O = õ / ℓ and LSE = m + log ℓ
     return acc / l[..., None], m + torch.log(l)
 
 
@@ -55,12 +57,12 @@ def attention_backward(
     q: Tensor, k: Tensor, v: Tensor, o: Tensor, do: Tensor, lse: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     scale = 1.0 / math.sqrt(q.shape[-1])
-    p = torch.exp(q @ k.transpose(-2, -1) * scale - lse[..., None])  # P = exp(S - L), (B, H, N, M)
-    dv = p.transpose(-2, -1) @ do  # dV = Pᵀ dO
-    dp = do @ v.transpose(-2, -1)  # dP = dO Vᵀ
-    D = (do * o).sum(dim=-1, keepdim=True)  # D = rowsum(dO ∘ O) = rowsum(P ∘ dP)
-    ds = p * (dp - D)  # dS = P ∘ (dP - D)
-    return ds @ k * scale, ds.transpose(-2, -1) @ q * scale, dv  # dQ = s dS K, dK = s dSᵀ Q
+    a = torch.exp(q @ k.transpose(-2, -1) * scale - lse[..., None])  # A = exp(S - LSE), (B, H, N, M)
+    dv = a.transpose(-2, -1) @ do  # dV = Aᵀ dO
+    da = do @ v.transpose(-2, -1)  # dA = dO Vᵀ
+    delta = (do * o).sum(dim=-1, keepdim=True)  # Δ = rowsum(dO ∘ O) = rowsum(A ∘ dA)
+    ds = a * (da - delta)  # dS = A ∘ (dA - Δ)
+    return ds @ k * scale, ds.transpose(-2, -1) @ q * scale, dv  # dQ = τ dS K, dK = τ dSᵀ Q
 
 
 @triton.jit
@@ -111,3 +113,10 @@ def triton_attention_forward(
         q, k, v, out, lse, N, M, 1.0 / math.sqrt(d), BLOCK_M=block_m, BLOCK_N=block_n, D=d
     )
     return out, lse
+
+
+def measured_peak_memory(N: int, block: int) -> tuple[int, int]:
+    q, k, v = (torch.randn(1, 1, N, 32) for _ in range(3))  # float32 (1, 1, N, d = 32)
+    _, naive_bytes = peak_memory(naive_attention, q, k, v)  # S and A: two (N, N) tensors
+    _, blocked_bytes = peak_memory(blocked_attention, q, k, v, block)  # (N, block) tiles
+    return naive_bytes, blocked_bytes

@@ -1,38 +1,41 @@
 r"""Fused attention (FlashAttention) in plain PyTorch: the algorithm a fused kernel runs.
 
-Start from one head of chapter 00, with the scale s = 1/sqrt(d) (the book's default):
+Notation of the book (book/notation.md). Start from one head of chapter 00, with the scale
+τ = 1/sqrt(d) (the book's default):
 
-    S = s · Q Kᵀ ∈ R^{N×M},   P = softmax_row(S),   O = P V ∈ R^{N×d}.
+    S = τ · Q Kᵀ ∈ R^{N×M},   A = softmax_j(S),   O = A V ∈ R^{N×d_v},   LSE_i = log Σ_j e^{S_ij}.
 
-**Memory traffic.** Run as three kernels (S = QKᵀ, P = softmax(S), O = PV), each kernel
+**Memory traffic.** Run as three kernels (S = τQKᵀ, A = softmax(S), O = AV), each kernel
 reads its inputs from and writes its output to the GPU's main memory (HBM): Q, K, V, O once,
-S and P once written and once read. That is 4·N·M + 2·(N + M)·d elements, quadratic in the
+S and A once written and once read. That is 4·N·M + 2·(N + M)·d elements, quadratic in the
 sequence length and dominant when d ≪ N; see :func:`naive_attention_traffic`.
 
-**Online softmax.** Walk the keys of a query row in blocks and keep, after each block, the
-running maximum m, the running sum l of exponentials and the running (unnormalised) output
-acc. For a new block of scores s_j with values V_j:
+**Online softmax.** Walk the keys of query row i in blocks and keep, after each block, the
+running maximum m_i, the running sum ℓ_i of exponentials and the running unnormalised output
+õ_i (``acc`` in code). For a new block 𝒥_t of scores s_j with values v_j:
 
-    m'   = max(m, max_j s_j)
-    l'   = l · e^{m − m'} + Σ_j e^{s_j − m'}
-    acc' = acc · e^{m − m'} + Σ_j e^{s_j − m'} v_j
+    m_i' = max(m_i, max_{j∈𝒥_t} s_j)
+    ℓ_i' = ℓ_i · e^{m_i − m_i'} + Σ_{j∈𝒥_t} e^{s_j − m_i'}
+    õ_i' = õ_i · e^{m_i − m_i'} + Σ_{j∈𝒥_t} e^{s_j − m_i'} v_j
 
-Invariant: after the blocks seen so far, l = Σ_seen e^{s_j − m} and acc = Σ_seen e^{s_j − m} v_j
-with m their maximum (multiplying an old term by e^{m − m'} turns e^{s − m} into e^{s − m'}).
-At the end acc / l = Σ_j e^{s_j} v_j / Σ_j e^{s_j} = (softmax(s) V), since e^{−m} cancels, and
-L = m + log l = log Σ_j e^{s_j} is the row's log-sum-exp. Every exponent is ≤ 0, so nothing
-overflows. The start state is m = −∞, l = 0, acc = 0. See :func:`online_softmax_update`.
+Invariant: after the blocks seen so far, ℓ_i = Σ_seen e^{s_j − m_i} and õ_i = Σ_seen e^{s_j − m_i} v_j
+with m_i their maximum (multiplying an old term by e^{m − m'} turns e^{s − m} into e^{s − m'}).
+At the end õ_i / ℓ_i = Σ_j e^{s_j} v_j / Σ_j e^{s_j} = o_i, since e^{−m_i} cancels, and
+LSE_i = m_i + log ℓ_i. Every exponent is ≤ 0, so nothing overflows. The start state is
+m_i = −∞, ℓ_i = 0, õ_i = 0 (a start at m_i = 0 would underflow ℓ_i to 0 on rows whose scores are
+all far below 0). See :func:`online_softmax_update`.
 
-**Tiling.** One program per (query block, batch·head) loads its query block once, streams the
-key/value blocks through fast on-chip memory and writes O and L once: no N×M score or weight
-tensor is ever stored. See :func:`blocked_attention` and :func:`fused_attention_traffic`.
+**Tiling.** One program per (query block ℐ of T_q rows, batch·head) loads Q_ℐ once, streams
+the key/value blocks K_𝒥t, V_𝒥t of T_k rows through fast on-chip memory (SRAM) and writes O_ℐ
+and LSE_ℐ once: no N×M score or weight tensor is ever stored. See :func:`blocked_attention`
+and :func:`fused_attention_traffic` (``block_m`` = T_q, ``block_n`` = T_k).
 
-**Backward.** With L stored, P is recomputed as P_ij = exp(s · q_i·k_j − L_i). Then
+**Backward.** With LSE stored, A is recomputed as A_ij = exp(τ q_i·k_j − LSE_i). Then
 
-    dV = Pᵀ dO,   dP = dO Vᵀ,   D_i = Σ_j P_ij dP_ij = rowsum(dO ∘ O)_i,
-    dS = P ∘ (dP − D),   dQ = s · dS K,   dK = s · dSᵀ Q.
+    dV = Aᵀ dO,   dA = dO Vᵀ,   Δ_i = Σ_j A_ij dA_ij = rowsum(dO ∘ O)_i,
+    dS = A ∘ (dA − Δ),   dQ = τ · dS K,   dK = τ · dSᵀ Q.
 
-D needs no P: Σ_j P_ij (dO_i · v_j) = dO_i · o_i. See :func:`attention_backward`.
+Δ needs no A: Σ_j A_ij (dO_i · v_j) = dO_i · o_i. See :func:`attention_backward`.
 
 **Causal.** With the queries the last N of M positions (the book's convention, defined once in
 :mod:`attnbook.masks`), query i sits at position p_i = i + M − N and sees keys j ≤ p_i; this
@@ -96,18 +99,18 @@ def _positive_ints(**values: object) -> list[int]:
 def naive_attention_traffic(N: int, d: int, M: int | None = None, *, backward: bool = False) -> Traffic:
     """Main-memory traffic of standard attention for one head (FlashAttention's Algorithms 0 and 3).
 
-    Forward, three kernels: S = s·QKᵀ reads Q, K and writes S; P = softmax(S) reads S and
-    writes P; O = PV reads P, V and writes O. Backward, five: dV = Pᵀ dO; dP = dO Vᵀ;
-    dS = P ∘ (dP − rowsum(P ∘ dP)) reads P and dP; dQ = s·dS K; dK = s·dSᵀ Q.
+    Forward, three kernels: S = τ·QKᵀ reads Q, K and writes S; A = softmax(S) reads S and
+    writes A; O = AV reads A, V and writes O. Backward, five: dV = Aᵀ dO; dA = dO Vᵀ;
+    dS = A ∘ (dA − rowsum(A ∘ dA)) reads A and dA; dQ = τ·dS K; dK = τ·dSᵀ Q.
     """
     N, M, d = _positive_ints(N=N, M=N if M is None else M, d=d)
-    # forward: (Q, K) -> S, S -> P, (P, V) -> O
+    # forward: (Q, K) -> S, S -> A, (A, V) -> O
     t = Traffic(reads=N * d + M * d + N * M + N * M + M * d, writes=N * M + N * M + N * d)
     if backward:
         t += Traffic(
             reads=(N * M + N * d) + (N * d + M * d) + 2 * N * M + (N * M + M * d) + (N * M + N * d),
             writes=M * d + N * M + N * M + N * d + M * d,
-        )  # dV, dP, dS, dQ, dK
+        )  # dV, dA, dS, dQ, dK
     return t
 
 
@@ -125,10 +128,10 @@ def fused_attention_traffic(
     """Main-memory traffic of a tiled (fused) attention kernel for one head.
 
     Forward: each query block reads its Q rows once, the K and V blocks of every tile it
-    computes, and writes its O rows and their log-sum-exp L. Backward (two kernels plus a
-    preprocessing pass, as in FlashAttention-2 and Triton's tutorial): D = rowsum(dO ∘ O);
-    per key block, read K, V and, for every computed tile, Q, dO, L, D, then write dK, dV;
-    per query block, read Q, dO, L, D and, for every computed tile, K, V, then write dQ.
+    computes, and writes its O rows and their log-sum-exp LSE. Backward (two kernels plus a
+    preprocessing pass, as in FlashAttention-2 and Triton's tutorial): Δ = rowsum(dO ∘ O);
+    per key block, read K, V and, for every computed tile, Q, dO, LSE, Δ, then write dK, dV;
+    per query block, read Q, dO, LSE, Δ and, for every computed tile, K, V, then write dQ.
 
     With ``cache_reuse=True``, a block that several programs read counts once (the book's
     model of reads served by the GPU's L2 cache): what remains is the compulsory O(N·d) traffic.
@@ -144,7 +147,7 @@ def fused_attention_traffic(
         kv_cols = int(cols[done.any(0)].sum())  # keys that some tile needs
         t = Traffic(reads=N * d + 2 * kv_cols * d, writes=N * d + N)
         if backward:
-            t += Traffic(reads=2 * N * d, writes=N)  # D = rowsum(dO ∘ O)
+            t += Traffic(reads=2 * N * d, writes=N)  # Δ = rowsum(dO ∘ O)
             t += Traffic(reads=2 * M * d + N * (2 * d + 2), writes=2 * M * d)  # dK, dV
             t += Traffic(reads=N * (2 * d + 2) + 2 * kv_cols * d, writes=N * d)  # dQ
         return t
@@ -161,7 +164,7 @@ def fused_attention_traffic(
 def attention_flops(
     N: int, d: int, M: int | None = None, *, causal: bool = False, mode: str = "fwd"
 ) -> float:
-    """Matmul FLOPs of attention for one head: 4·N·M·d forward (QKᵀ and PV, 2 FLOPs per
+    """Matmul FLOPs of attention for one head: 4·N·M·d forward (QKᵀ and AV, 2 FLOPs per
     multiply-add), half of it when causal, 2.5× the forward for the backward (five matmuls,
     one of them recomputing S), 3.5× for forward + backward."""
     N, M, d = _positive_ints(N=N, M=N if M is None else M, d=d)
@@ -211,14 +214,14 @@ def online_softmax_update(
     """One step of the online softmax: fold a block of scores and values into the running state.
 
     Args:
-        m: running maximum (..., N); −∞ before the first block.
-        l: running sum of exponentials (..., N), relative to m; 0 before the first block.
-        acc: running unnormalised output (..., N, d_v), relative to m; 0 before the first block.
-        s_block: the new scores (..., N, Bn); −∞ marks a hidden key.
-        v_block: the new values (..., Bn, d_v).
+        m: running maximum m_i (..., N); −∞ before the first block.
+        l: running sum ℓ_i of exponentials (..., N), relative to m; 0 before the first block.
+        acc: running unnormalised output õ_i (..., N, d_v), relative to m; 0 before the first block.
+        s_block: the new scores (..., N, T_k); −∞ marks a hidden key.
+        v_block: the new values (..., T_k, d_v).
 
     Returns:
-        (m', l', acc') with the same shapes. The attention output is acc / l at the end.
+        (m', ℓ', õ') with the same shapes. The attention output is õ / ℓ at the end.
     """
     if s_block.shape[:-1] != m.shape or l.shape != m.shape or acc.shape[:-1] != m.shape:
         raise ValueError(
@@ -237,9 +240,9 @@ def online_softmax_update(
     # e^{m − m'} rescales what was accumulated relative to the old maximum
     alpha = torch.exp(m - m_ref)  # (..., N)
     p = torch.exp(s_block - m_ref[..., None])  # (..., N, Bn)
-    # l' = l·e^{m − m'} + Σ_j e^{s_j − m'}
+    # ℓ' = ℓ·e^{m − m'} + Σ_j e^{s_j − m'}
     l_new = l * alpha + p.sum(dim=-1)
-    # acc' = acc·e^{m − m'} + Σ_j e^{s_j − m'} v_j
+    # õ' = õ·e^{m − m'} + Σ_j e^{s_j − m'} v_j
     acc_new = acc * alpha[..., None] + p @ v_block  # (..., N, d_v)
     return m_new, l_new, acc_new
 
@@ -260,12 +263,12 @@ def _counter(traffic: dict | None) -> dict:
 
 
 def _tile_scores(q_i: Tensor, k_j: Tensor, scale: float, visible: Tensor | None) -> Tensor:
-    """s·q_i k_jᵀ for one tile (B, H, bm, bn), −∞ where ``visible`` (bm, bn) is False.
+    """τ·Q_ℐ K_𝒥ᵀ for one tile (B, H, bm, bn), −∞ where ``visible`` (bm, bn) is False.
 
     ``visible`` is the tile's slice of :func:`attnbook.masks.causal_mask` on masked tiles, None
     on full ones.
     """
-    # S = s · Q_i K_jᵀ, then −∞ where the mask hides a key
+    # S = τ · Q_ℐ K_𝒥ᵀ, then −∞ where the mask hides a key
     return apply_mask(attention_scores(q_i, k_j, scale), visible)
 
 
@@ -284,7 +287,8 @@ def blocked_attention(
 
     Args:
         q: (B, H, N, d); k: (B, H, M, d); v: (B, H, M, d_v).
-        block_m, block_n: rows of a query block and of a key block; any N, M (ragged last blocks).
+        block_m, block_n: rows of a query block (T_q) and of a key block (T_k); any N, M (ragged
+            last blocks).
         causal: queries are the last N of M positions (needs M >= N, as
             :func:`attnbook.masks.causal_mask`); skipped tiles are never computed.
         scale: multiplies q·k; default 1/sqrt(d).
@@ -319,7 +323,7 @@ def blocked_attention(
             visible = mask[i0 : rows.stop, j0 : cols.stop] if sched[ti, tj] == TILE_MASKED else None
             s = _tile_scores(q_i, k_j, scale, visible)
             m, l, acc = online_softmax_update(m, l, acc, s, v_j)
-        # O = acc / l; L = m + log l  (every query sees at least one key: l > 0)
+        # O = õ / ℓ; LSE = m + log ℓ  (every query sees at least one key: ℓ > 0)
         out[:, :, i0 : rows.stop] = acc / l[..., None]
         lse[:, :, i0 : rows.stop] = m + torch.log(l)
         count["writes"] += len(rows) * (v.shape[-1] + 1)
@@ -366,19 +370,19 @@ def attention_backward(
         )
     scale = 1.0 / math.sqrt(d) if scale is None else check_scale(scale)
     mask = causal_mask(N, M, device=q.device) if causal else None  # (N, M)
-    # D_i = Σ_j P_ij dP_ij = rowsum(dO ∘ O)
-    D = (do * o).sum(dim=-1)  # (B, H, N)
+    # Δ_i = Σ_j A_ij dA_ij = rowsum(dO ∘ O)
+    delta = (do * o).sum(dim=-1)  # (B, H, N)
     if block_m is None or block_n is None:
         s = _tile_scores(q, k, scale, mask)  # (B, H, N, M)
-        p = torch.exp(s - lse[..., None])  # P = exp(S − L), recomputed
-        dv = p.transpose(-2, -1) @ do  # dV = Pᵀ dO
-        dp = do @ v.transpose(-2, -1)  # dP = dO Vᵀ
-        ds = p * (dp - D[..., None])  # dS = P ∘ (dP − D)
-        return ds @ k * scale, ds.transpose(-2, -1) @ q * scale, dv  # dQ = s·dS K, dK = s·dSᵀ Q
+        a = torch.exp(s - lse[..., None])  # A = exp(S − LSE), recomputed
+        dv = a.transpose(-2, -1) @ do  # dV = Aᵀ dO
+        da = do @ v.transpose(-2, -1)  # dA = dO Vᵀ
+        ds = a * (da - delta[..., None])  # dS = A ∘ (dA − Δ)
+        return ds @ k * scale, ds.transpose(-2, -1) @ q * scale, dv  # dQ = τ·dS K, dK = τ·dSᵀ Q
     sched = causal_tile_schedule(N, M, block_m, block_n, causal=causal)
     count = _counter(traffic)
     count["reads"] += 2 * N * v.shape[-1]
-    count["writes"] += N  # the pass computing D
+    count["writes"] += N  # the pass computing Δ
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
 
     def tile(i0, j0):
@@ -392,7 +396,7 @@ def attention_backward(
         masked = sched[i0 // block_m, j0 // block_n] == TILE_MASKED
         s = _tile_scores(qi, kj, scale, mask[i0 : rows.stop, j0 : cols.stop] if masked else None)
         p = torch.exp(s - lse[:, :, i0 : rows.stop, None])  # (B, H, bm, bn)
-        ds = p * (doi @ vj.transpose(-2, -1) - D[:, :, i0 : rows.stop, None])
+        ds = p * (doi @ vj.transpose(-2, -1) - delta[:, :, i0 : rows.stop, None])  # A ∘ (dA − Δ)
         return rows, cols, qi, kj, doi, p, ds
 
     for j0 in range(0, M, block_n):  # kernel 1: one program per key block
@@ -401,7 +405,7 @@ def attention_backward(
             if sched[i0 // block_m, j0 // block_n] == TILE_SKIPPED:
                 continue
             rows, cols, qi, kj, doi, p, ds = tile(i0, j0)
-            count["reads"] += len(rows) * (2 * d + 2)  # Q_i, dO_i, L_i, D_i
+            count["reads"] += len(rows) * (2 * d + 2)  # Q_ℐ, dO_ℐ, LSE_ℐ, Δ_ℐ
             dv[:, :, j0 : cols.stop] += p.transpose(-2, -1) @ doi
             dk[:, :, j0 : cols.stop] += ds.transpose(-2, -1) @ qi * scale
         count["writes"] += 2 * min(block_n, M - j0) * d
@@ -411,7 +415,7 @@ def attention_backward(
             if sched[i0 // block_m, j0 // block_n] == TILE_SKIPPED:
                 continue
             rows, cols, qi, kj, doi, p, ds = tile(i0, j0)
-            count["reads"] += 2 * len(cols) * d  # K_j, V_j
+            count["reads"] += 2 * len(cols) * d  # K_𝒥, V_𝒥
             dq[:, :, i0 : rows.stop] += ds @ kj * scale
         count["writes"] += min(block_m, N - i0) * d
     return dq, dk, dv

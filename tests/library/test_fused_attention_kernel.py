@@ -206,3 +206,55 @@ def test_bad_input_errors():
         naive_attention_traffic(3.5, 8)
     with pytest.raises(ValueError, match="mode must be one of"):
         attention_flops(16, 8, mode="both")
+
+
+def test_peak_memory_counts_live_storages():
+    """peak_memory: a storage counts once however many views share it, and only while it lives."""
+    from attnbook.mechanisms.fused_attention_memory import peak_memory
+
+    x = torch.zeros(100)  # made before the call: not counted
+
+    def one_buffer_and_views():
+        y = x + 1  # 400 bytes
+        return y[:50].view(5, 10).t() + 0  # three views of y (no memory), then 200 bytes more
+
+    def two_in_turn():
+        a = torch.ones(1000)  # 4000 bytes
+        del a  # freed: the next 4000 reuse the budget
+        return torch.ones(1000).sum()  # 4000, then the 4-byte sum while they are alive
+
+    assert peak_memory(one_buffer_and_views)[1] == 600
+    assert peak_memory(two_in_turn)[1] == 4004
+    assert peak_memory(lambda: x.view(10, 10))[1] == 400  # a view of an input: its storage counts
+
+
+def test_peak_memory_scales_as_n_squared_and_n():
+    """Naive attention holds the (N, N) scores and weights; key-blocked attention (N, block) tiles."""
+    from attnbook.mechanisms.fused_attention_memory import loglog_slope, naive_attention, peak_memory
+
+    Ns, naive, blocked = [64, 128, 256], [], []
+    for N in Ns:
+        q, k, v = (torch.randn(1, 1, N, 16) for _ in range(3))
+        out, peak = peak_memory(naive_attention, q, k, v)
+        naive.append(peak)
+        assert peak >= 2 * N * N * 4  # S and A together, float32
+        ref, peak = peak_memory(blocked_attention, q, k, v, N, 16)  # all queries, 16 keys per block
+        blocked.append(peak)
+        torch.testing.assert_close(ref[0], out[0], atol=1e-5, rtol=1e-5)
+    assert abs(loglog_slope(Ns, naive) - 2) < 0.15 and abs(loglog_slope(Ns, blocked) - 1) < 0.05
+    assert loglog_slope([1, 2, 4], [3, 12, 48]) == pytest.approx(2.0)
+
+
+def test_blocked_attention_extreme_rows():
+    """Rows whose scores all sit near -1800 or +1800 (e^s under/overflows): finite and exact."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, n, 8, generator=g, **f64) for n in (6, 10, 10))
+    for offset in (-1800.0, 1800.0):
+        k_shift = k.clone()
+        k_shift[..., 0] = offset * math.sqrt(8) / 60
+        q_shift = q.clone()
+        q_shift[..., ::2, 0] = 60.0  # every other row: scores near the offset
+        out, lse = blocked_attention(q_shift, k_shift, v, 4, 3)
+        s = q_shift @ k_shift.transpose(-2, -1) / math.sqrt(8)
+        torch.testing.assert_close(lse, torch.logsumexp(s, -1))
+        torch.testing.assert_close(out, torch.softmax(s, -1) @ v)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..core import CheckFailed, case, mistake, task
 from ..expect import describe, expect_close, expect_tuple, fresh_generator
+from ..process import largest_intermediate, no_autograd
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 LN2 = math.log(2.0)
@@ -46,6 +47,7 @@ def _tiled_variant(
     drop_tail=False,
     divide=True,
     lse="natural",
+    m_start=float("-inf"),
 ):
     """(out, lse) of attention over key blocks of ``block_n``, with switchable mistakes."""
     scale = 1 / math.sqrt(q.shape[-1])
@@ -56,7 +58,7 @@ def _tiled_variant(
         v = torch.cat([v, v.new_zeros(*v.shape[:-2], pad, v.shape[-1])], dim=-2)
         M = M + pad
     stop = (M // block_n) * block_n if drop_tail else M
-    m = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype)
+    m = torch.full(q.shape[:-1], m_start, dtype=q.dtype)
     l = torch.zeros(q.shape[:-1], dtype=q.dtype)
     acc = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
     for j in range(0, stop, block_n):
@@ -97,18 +99,23 @@ def _reference(q, k, v):
 def check_online_softmax_update(fn):
     """Fold a block of scores and values into the running (max, sum, accumulator) state."""
     gen, _ = fresh_generator()
-    # (leading dims, N, scores seen before, new block Bn, d_v, dtype, offset added to the new scores)
+    # (leading dims, N, scores seen before, new block Bn, d_v, dtype, offset added to the new scores,
+    # offset added to the scores seen before). The last three are extreme: every score near -1800
+    # (e^s underflows to 0 even in float64) or near +1800 (e^s overflows).
     cases = [
-        ((), 3, 0, 4, 2, torch.float64, 0.0),
-        ((2,), 5, 6, 3, 4, torch.float64, 3.0),
-        ((2, 3), 4, 5, 7, 3, torch.float32, -3.0),
-        ((1, 2), 1, 4, 1, 5, torch.float64, 0.0),
-        ((2,), 6, 8, 5, 3, torch.float32, 100.0),
-        ((3,), 4, 3, 6, 2, torch.float64, 0.0),
+        ((), 3, 0, 4, 2, torch.float64, 0.0, 0.0),
+        ((2,), 5, 6, 3, 4, torch.float64, 3.0, 0.0),
+        ((2, 3), 4, 5, 7, 3, torch.float32, -3.0, 0.0),
+        ((1, 2), 1, 4, 1, 5, torch.float64, 0.0, 0.0),
+        ((2,), 6, 8, 5, 3, torch.float32, 100.0, 0.0),
+        ((3,), 4, 3, 6, 2, torch.float64, 0.0, 0.0),
+        ((2,), 4, 0, 5, 3, torch.float64, -1800.0, 0.0),
+        ((2,), 4, 6, 5, 3, torch.float64, -1801.0, -1800.0),
+        ((2,), 4, 6, 5, 3, torch.float64, 1800.0, 1799.0),
     ]
-    for lead, N, seen, Bn, dv, dtype, offset in cases:
+    for lead, N, seen, Bn, dv, dtype, offset, old_offset in cases:
         with case():
-            s_old = torch.randn(*lead, N, seen, generator=gen, dtype=dtype) * 2
+            s_old = torch.randn(*lead, N, seen, generator=gen, dtype=dtype) * 2 + old_offset
             v_old = torch.randn(*lead, seen, dv, generator=gen, dtype=dtype)
             s_new = torch.randn(*lead, N, Bn, generator=gen, dtype=dtype) * 2 + offset
             v_new = torch.randn(*lead, Bn, dv, generator=gen, dtype=dtype)
@@ -122,6 +129,7 @@ def check_online_softmax_update(fn):
             ref_m, ref_l, ref_acc = _state_after(torch.cat([s_old, s_new], -1), torch.cat([v_old, v_new], -2))
             what = (
                 f"for {'the start state' if not seen else 'a state after one block'}, score offset {offset:g}"
+                f" (scores seen before: offset {old_offset:g})"
             )
             got = expect_tuple(
                 fn(m.clone(), l.clone(), acc.clone(), s_new.clone(), v_new.clone()), ("m", "l", "acc")
@@ -194,28 +202,96 @@ BLOCKED_CASES = [
 ]
 
 
+FULL_MATRIX_HINT = (
+    "build one (N, block) block of scores at a time and fold it in with the online softmax; "
+    "the whole (N, M) score matrix must never exist"
+)
+# The "how" case: N and M larger than the block, and distinct from d, d_v and each other, so that
+# only a full score (or weight) matrix has the shape (..., N, M) or (..., M, N).
+HOW_CASE = (1, 2, 24, 37, 8, 6, 8, torch.float64)
+# Extreme rows, float64: (B, H, N, M, d, block, score offset of the marked rows, rows marked).
+EXTREME_CASES = [
+    (1, 2, 6, 11, 8, 4, -1800.0, "every other row"),
+    (2, 1, 5, 9, 8, 4, -1800.0, "every row"),
+    (1, 1, 7, 10, 8, 3, 1800.0, "every other row"),
+]
+
+
+def _extreme_qkv(gen, B, H, N, M, d, offset, rows):
+    """q, k, v whose marked rows have every score near ``offset`` (scores s = q·k / sqrt(d))."""
+    q, k, v = _random_qkv(gen, B, H, N, M, d, d, torch.float64)
+    q, k = q * 0.5, k * 0.5
+    marked = torch.arange(N) % 2 == 0 if rows == "every other row" else torch.ones(N, dtype=torch.bool)
+    q[..., 0] = torch.where(marked, 60.0, 0.0)  # s_ij ≈ 60 · k_j0 / sqrt(d) on the marked rows
+    k[..., 0] = offset * math.sqrt(d) / 60.0 + 0.1 * k[..., 0]
+    return q, k, v
+
+
 @task("ch29.blocked_attention", points=3)
 def check_blocked_attention(fn):
-    """Softmax attention over key blocks with the online softmax, returning (out, lse)."""
+    """Softmax attention over key blocks with the online softmax, returning (out, lse).
+
+    Checks how, too: on a case with N and M larger than the block, no tensor of shape (N, M) may
+    be produced; rows whose scores are all near -1800 or +1800 must come out finite and exact.
+    """
     gen, _ = fresh_generator()
-    for B, H, N, M, d, dv, block, dtype in BLOCKED_CASES:
+
+    def compare(out, lse, ref_out, ref_lse, what):
+        expect_close(
+            out,
+            ref_out,
+            what=f"out for {what}",
+            hint="out = acc / l after the last key block; every key, including a ragged last block, "
+            "counts once",
+        )
+        expect_close(
+            lse,
+            ref_lse,
+            what=f"lse for {what}",
+            hint="lse = m + log(l), the natural log of Σ_j exp(s_j)",
+        )
+
+    def call_watched(q, k, v, block):
+        """fn(q, k, v, block), failing if it produced a tensor shaped like the whole score matrix."""
+        N, M, d, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+        with largest_intermediate() as seen:
+            returned = fn(q.clone(), k.clone(), v.clone(), block)
+        # only a full (N, M) score or weight matrix can have this shape when block < M and
+        # neither N nor M equals d or d_v
+        if block < M and not {N, M} & {d, dv}:
+            full = seen.first(lambda shape: len(shape) >= 2 and shape[-2:] in ((N, M), (M, N)))
+            if full is not None:
+                raise CheckFailed(
+                    f"with N={N}, M={M} and block={block}, your function produced a tensor of shape "
+                    f"{full[1]} ({full[0]}): {FULL_MATRIX_HINT}"
+                )
+        return expect_tuple(returned, ("out", "lse"))
+
+    for B, H, N, M, d, dv, block, dtype in [HOW_CASE, *BLOCKED_CASES]:
         with case():
             q, k, v = _random_qkv(gen, B, H, N, M, d, dv, dtype)
-            out, lse = expect_tuple(fn(q.clone(), k.clone(), v.clone(), block), ("out", "lse"))
-            ref_out, ref_lse = _reference(q, k, v)
-            expect_close(
-                out,
-                ref_out,
-                what=f"out for block={block}",
-                hint="out = acc / l after the last key block; every key, including a ragged last block, "
-                "counts once",
-            )
-            expect_close(
-                lse,
-                ref_lse,
-                what=f"lse for block={block}",
-                hint="lse = m + log(l), the natural log of Σ_j exp(s_j)",
-            )
+            out, lse = call_watched(q, k, v, block)
+            compare(out, lse, *_reference(q, k, v), f"block={block}")
+    for B, H, N, M, d, block, offset, rows in EXTREME_CASES:
+        with case():
+            q, k, v = _extreme_qkv(gen, B, H, N, M, d, offset, rows)
+            out, lse = call_watched(q, k, v, block)
+            compare(out, lse, *_reference(q, k, v), f"block={block}, {rows} with scores near {offset:g}")
+
+
+@mistake("ch29.blocked_attention", FULL_MATRIX_HINT)
+def blocked_builds_full_scores(q, k, v, block):
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, N, M): the whole matrix
+    return torch.softmax(s, dim=-1) @ v, torch.logsumexp(s, dim=-1)
+
+
+@mistake(
+    "ch29.blocked_attention",
+    "the running max started at 0 instead of -inf: rows whose scores are all far below 0 get "
+    "l = 0, lse = -inf and out = 0/0",
+)
+def blocked_max_starts_at_zero(q, k, v, block):
+    return _tiled_variant(q, k, v, block, m_start=0.0)
 
 
 @mistake(
@@ -273,6 +349,12 @@ def _grads(q, k, v, do):
     return tuple(t.grad.to(q.dtype) for t in (q64, k64, v64))
 
 
+AUTOGRAD_HINT = (
+    "compute dq, dk, dv from the formulas (A = exp(S - lse), Δ = rowsum(dO ∘ O), dS = A ∘ (dA - Δ)); "
+    "autograd is what this exercise replaces"
+)
+
+
 @task("ch29.attention_backward", points=3)
 def check_attention_backward(fn):
     """dq, dk, dv of softmax attention from q, k, v, o, do and the log-sum-exp."""
@@ -288,14 +370,14 @@ def check_attention_backward(fn):
             q, k, v = _random_qkv(gen, B, H, N, M, d, dv_width, dtype)
             do = torch.randn(B, H, N, dv_width, generator=gen, dtype=dtype)
             o, lse = _reference(q, k, v)
-            got = expect_tuple(
-                fn(q.clone(), k.clone(), v.clone(), o.clone(), do.clone(), lse.clone()), ("dq", "dk", "dv")
-            )
+            with no_autograd(reason=AUTOGRAD_HINT):  # how: from the formulas, not by autograd
+                returned = fn(q.clone(), k.clone(), v.clone(), o.clone(), do.clone(), lse.clone())
+            got = expect_tuple(returned, ("dq", "dk", "dv"))
             ref = _grads(q, k, v, do)
             hints = {
-                "dv": "dV = Pᵀ dO with P = exp(S - lse)",
-                "dq": "dQ = dS K / sqrt(d) with dS = P ∘ (dP - D), dP = dO Vᵀ, D = rowsum(dO ∘ O)",
-                "dk": "dK = dSᵀ Q / sqrt(d)",
+                "dv": "dV = Aᵀ dO with A = exp(S - lse)",
+                "dq": "dQ = τ dS K with dS = A ∘ (dA - Δ), dA = dO Vᵀ, Δ = rowsum(dO ∘ O), τ = 1/sqrt(d)",
+                "dk": "dK = τ dSᵀ Q",
             }
             for index, name in ((2, "dv"), (0, "dq"), (1, "dk")):
                 expect_close(got[index], ref[index], what=name, hint=hints[name])
@@ -316,22 +398,29 @@ def _backward_variant(
     return ds @ k * c, ds.transpose(-2, -1) @ q * c, dv
 
 
-@mistake("ch29.attention_backward", "D computed as rowsum(dP) instead of rowsum(dO ∘ O)")
+@mistake("ch29.attention_backward", AUTOGRAD_HINT)
+def backward_uses_autograd(q, k, v, o, do, lse):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = torch.softmax(leaves[0] @ leaves[1].transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1) @ leaves[2]
+    return torch.autograd.grad(out, leaves, do)
+
+
+@mistake("ch29.attention_backward", "Δ computed as rowsum(dA) instead of rowsum(dO ∘ O)")
 def backward_d_from_dp(q, k, v, o, do, lse):
     return _backward_variant(q, k, v, o, do, lse, d_from_dp=True)
 
 
-@mistake("ch29.attention_backward", "dS = P ∘ dP: the - D term of the softmax Jacobian is missing")
+@mistake("ch29.attention_backward", "dS = A ∘ dA: the - Δ term of the softmax Jacobian is missing")
 def backward_without_d(q, k, v, o, do, lse):
     return _backward_variant(q, k, v, o, do, lse, no_d=True)
 
 
-@mistake("ch29.attention_backward", "dQ and dK lack the factor 1/sqrt(d) (S = QKᵀ/sqrt(d))")
+@mistake("ch29.attention_backward", "dQ and dK lack the factor τ = 1/sqrt(d) (S = τ QKᵀ)")
 def backward_without_scale(q, k, v, o, do, lse):
     return _backward_variant(q, k, v, o, do, lse, no_scale=True)
 
 
-@mistake("ch29.attention_backward", "P recomputed as exp(S) without subtracting lse (unnormalised)")
+@mistake("ch29.attention_backward", "A recomputed as exp(S) without subtracting lse (unnormalised)")
 def backward_ignores_lse(q, k, v, o, do, lse):
     return _backward_variant(q, k, v, o, do, lse, unnormalised=True)
 
@@ -532,3 +621,85 @@ if HAVE_TRITON:  # without Triton the task fails before any kernel runs: nothing
     )
     def kernel_returns_only_out(q, k, v, block_m=16, block_n=16):
         return _launch(q, k, v, block_m, block_n, 0)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment: peak memory, measured. (N, block): N larger than the block, d = 32, float32.
+MEMORY_CASES = [(512, 64), (1024, 32), (768, 128)]
+MEMORY_D = 32
+
+
+def _keyblocked_reference(q, k, v, block):
+    """Key-blocked attention written independently of the learner's and the library's code."""
+    return _tiled_variant(q, k, v, block)
+
+
+@task("ch29.measured_peak_memory", points=2, time_limit=60.0)
+def check_measured_peak_memory(fn):
+    """Your (naive_bytes, blocked_bytes): peak memory measured with peak_memory, in bytes.
+
+    The grader measures both itself: naive attention with the library's naive_attention, blocked
+    with an independent key-blocked loop. The naive peak is deterministic (the same function on
+    the same shapes): within 10 %. A blocked loop may allocate a few more or fewer temporaries
+    than the grader's: within a factor 2.5 of the grader's, and below half the naive peak.
+    """
+    from ...mechanisms.fused_attention_memory import naive_attention, peak_memory
+
+    gen, _ = fresh_generator()
+    for N, block in MEMORY_CASES:
+        with case():
+            q, k, v = _random_qkv(gen, 1, 1, N, N, MEMORY_D, MEMORY_D, torch.float32)
+            _, naive = peak_memory(naive_attention, q, k, v)
+            _, blocked = peak_memory(_keyblocked_reference, q, k, v, block)
+            got = expect_tuple(fn(N, block), ("naive_bytes", "blocked_bytes"), what=f"N={N}, block={block}")
+            for name, value in zip(("naive_bytes", "blocked_bytes"), got):
+                if isinstance(value, torch.Tensor) and value.numel() == 1:
+                    value = value.item()
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                    raise CheckFailed(
+                        f"{name} for N={N}, block={block}: expected a positive number, got {value!r}"
+                    )
+            got_naive, got_blocked = (float(x) for x in got)
+            where = f"N={N}, block={block}: the grader measured naive {naive} and blocked {blocked} bytes"
+            if not 0.9 * naive <= got_naive <= 1.1 * naive:
+                raise CheckFailed(
+                    f"naive_bytes = {got_naive:.0f} for {where}",
+                    hint="measure naive_attention(q, k, v) with peak_memory, q, k, v float32 (1, 1, N, 32)",
+                )
+            if not (blocked / 2.5 <= got_blocked <= 2.5 * blocked and got_blocked < naive / 2):
+                raise CheckFailed(
+                    f"blocked_bytes = {got_blocked:.0f} for {where}",
+                    hint="measure your blocked_attention(q, k, v, block) with peak_memory; it must hold "
+                    "an (N, block) tile of scores at a time, never (N, N)",
+                )
+
+
+def _measure(N, block, blocked_block=None, unit=1):
+    from ...mechanisms.fused_attention_memory import naive_attention, peak_memory
+
+    q, k, v = (torch.randn(1, 1, N, MEMORY_D) for _ in range(3))
+    _, naive = peak_memory(naive_attention, q, k, v)
+    _, blocked = peak_memory(_keyblocked_reference, q, k, v, blocked_block or block)
+    return naive // unit, blocked // unit
+
+
+@mistake(
+    "ch29.measured_peak_memory",
+    "the blocked run used one block of all N keys (block = N): pass the given block size, so that a "
+    "tile of scores is (N, block)",
+)
+def memory_with_one_block(N, block):
+    return _measure(N, block, blocked_block=N)
+
+
+@mistake(
+    "ch29.measured_peak_memory",
+    "element counts were returned, not bytes: peak_memory gives bytes (4 per float32 element)",
+)
+def memory_in_elements(N, block):
+    return _measure(N, block, unit=4)
+
+
+@mistake("ch29.measured_peak_memory", "return (naive_bytes, blocked_bytes) in that order")
+def memory_swapped(N, block):
+    return _measure(N, block)[::-1]
