@@ -242,7 +242,7 @@ def test_bad_dtypes_sizes_and_values_get_attnbook_errors_not_torch_errors():
     # sizes must be integers
     with pytest.raises(TypeError, match="d_x must be an integer"):
         ICLRegressor(3.0, 2)
-    with pytest.raises(TypeError, match="L must be an integer"):
+    with pytest.raises(TypeError, match="M must be an integer"):
         linear_regression_prompts(2, 3.5, 2)
     with pytest.raises(TypeError, match="D must be an integer"):
         constructed_weights(torch.ones(2), torch.ones(2), 4.5)
@@ -303,5 +303,5 @@ def test_prompt_generator():
     torch.testing.assert_close(noiseless.yq, (noiseless.zq[:, :-1] * noiseless.beta).sum(-1) + 1.5)
     with pytest.raises(ValueError, match="sigma2"):
         linear_regression_prompts(2, 3, 2, -1.0)
-    with pytest.raises(ValueError, match="L="):
+    with pytest.raises(ValueError, match="M="):
         linear_regression_prompts(2, 0, 2)
