@@ -17,8 +17,10 @@ When a learner's answer fails, the engine replays the check with each declared m
 the same seed; a mistake whose answer equals the learner's names the hint. The exercise tests
 are generated from the same declarations (every mistake must fail and get its own hint).
 
-Check modules ``checks/chNN_<slug>.py`` are imported lazily, one chapter at a time; a module
-that fails to import makes that chapter's grading fail with the error, and no other chapter's.
+Check modules ``checks/chNN_*.py`` are imported lazily, one chapter at a time, in name order:
+``chNN_<slug>.py`` and, where a chapter's mistakes are many, its companion
+``chNN_<slug>_mistakes.py``. A module that fails to import makes that chapter's grading fail
+with the error, and no other chapter's.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import pytest
 
 from attnbook.grading import load_module, mistakes_of, run_task
 from attnbook.grading.checks import ch29_fused_attention_kernel as checks
+from attnbook.grading.checks import ch29_fused_attention_kernel_mistakes as mistakes
 from tests.exercises.grading import chapter_tests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +23,7 @@ def test_the_mistaken_kernel_without_a_mistake_passes():
     assert mistakes_of("ch29.triton_attention_forward")
     assert run_task(
         "ch29.triton_attention_forward",
-        lambda q, k, v, block_m=16, block_n=16: checks._launch(q, k, v, block_m, block_n, 0),
+        lambda q, k, v, block_m=16, block_n=16: mistakes._launch(q, k, v, block_m, block_n, 0),
     ).passed
 
 

@@ -174,7 +174,8 @@ def test_each_chapter_loads_only_its_own_checks():
         "assert tasks_of('00')\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('attnbook.grading.checks.'))\n"
         "print(loaded)\n"
-        "assert loaded == ['attnbook.grading.checks.ch00_multi_head_attention'], loaded\n"
+        "main = 'attnbook.grading.checks.ch00_multi_head_attention'\n"
+        "assert loaded == [main, main + '_mistakes'], loaded  # the check module and its companion\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
