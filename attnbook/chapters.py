@@ -266,6 +266,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Relative convolutional attention",
         mechanism="depth-wise convolution on Q/K/V + relative positions",
         paper="RCMHA 2023",
+        status="draft",
+        checks=("ch05.attention_weights",),
         bib_keys=("sugiharto2023rcmha",),
     ),
     Chapter(
@@ -274,6 +276,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Spectral mixing before attention",
         mechanism="FFT gating layers before attention layers",
         paper="SpectFormer 2023",
+        status="draft",
+        checks=("ch06.attention_weights",),
         bib_keys=("patro2023spectformer",),
     ),
     Chapter(
@@ -282,6 +286,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Mixture of heads",
         mechanism="a router picks the top-k heads",
         paper="MoH 2024",
+        status="draft",
+        checks=("ch07.attention_weights",),
         bib_keys=("jin2024moh",),
     ),
     Chapter(

@@ -183,22 +183,29 @@ def _finish(process: subprocess.Popen) -> tuple[int, str]:
     return process.returncode, output
 
 
+def _next_planned(root: Path):
+    """The chapter the scaffold may begin next: the lowest-numbered one still planned."""
+    chapters = _load_tool("sync_chapters").load_manifest(root).CHAPTERS
+    return min((c for c in chapters if c.status == "planned"), key=lambda c: c.number)
+
+
 def test_a_scaffolded_chapter_passes_the_contract(repo_copy):
     tool = str(ROOT / "tools" / "new_chapter.py")
-    made = _start([tool, "05", "relative-convolutional", "--root", str(repo_copy)], repo_copy)
+    planned = _next_planned(repo_copy)
+    made = _start([tool, planned.number, planned.slug, "--root", str(repo_copy)], repo_copy)
     code, output = _finish(made)
     assert code == 0, output
     sync = _load_tool("sync_chapters")
-    ch = sync.load_manifest(repo_copy).by_number("05")
-    assert ch.status == "draft" and ch.slug == "relative-convolutional"
+    ch = sync.load_manifest(repo_copy).by_number(planned.number)
+    assert ch.status == "draft" and ch.slug == planned.slug
     assert all((repo_copy / p).is_file() for p in ch.files) and len(ch.files) == 7
     assert chapter_problems(ch, repo_copy) == []
     assert sync.sync(repo_copy, write=False) == [], "README or _toc.yml not re-synced"
-    assert "| 05 | relative-convolutional |" in (repo_copy / "README.md").read_text()
+    assert f"| {ch.number} | {ch.slug} |" in (repo_copy / "README.md").read_text()
     assert ch.toc_file not in (repo_copy / "book" / "_toc.yml").read_text(), "a draft is not on the website"
     # the learner's stub grades as "not implemented yet"; the draft's tests run: its declared
     # mistake is rejected with its hint, the solution and library tests are skipped
-    grading = _start(["-m", "attnbook.cli", "grade", "05"], repo_copy)
+    grading = _start(["-m", "attnbook.cli", "grade", ch.number], repo_copy)
     quiet = ["-p", "no:cacheprovider", "-p", "no:nbval", "-p", "no:hypothesispytest", "-p", "no:anyio"]
     tests = [ch.exercise_test_path, ch.library_test_path]
     testing = _start(["-m", "pytest", "-q", "-rs", *quiet, *tests], repo_copy)
@@ -210,20 +217,21 @@ def test_a_scaffolded_chapter_passes_the_contract(repo_copy):
 
 def test_the_scaffold_refuses_to_overwrite_and_checks_its_arguments(repo_copy, capsys):
     new_chapter = _load_tool("new_chapter")
-    ch = _load_tool("sync_chapters").load_manifest(repo_copy).by_number("06")
+    ch = _next_planned(repo_copy)
+    nn, slug = ch.number, ch.slug
     mine = repo_copy / ch.exercise_path
     mine.parent.mkdir(parents=True)
     mine.write_text("# my own work\n")
     manifest_before = (repo_copy / "attnbook" / "chapters.py").read_text()
-    assert new_chapter.main(["06", "spectral-mixing", "--no-run", "--root", str(repo_copy)]) == 2
+    assert new_chapter.main([nn, slug, "--no-run", "--root", str(repo_copy)]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert mine.read_text() == "# my own work\n"
     assert not (repo_copy / ch.notebook_path).exists() and not (repo_copy / ch.check_path).exists()
     assert (repo_copy / "attnbook" / "chapters.py").read_text() == manifest_before
     for args, says in (
-        (["6", "spectral-mixing"], "two digits"),
-        (["06", "Spectral_Mixing"], "slug"),
-        (["06", "fft-mixing"], "is 'spectral-mixing'"),
+        ([str(int(nn)), slug], "two digits"),
+        ([nn, slug.replace("-", "_").title()], "slug"),
+        ([nn, "fft-mixing"], f"is '{slug}'"),
         (["00", "multi-head-attention"], "already"),
         (["40", "far-away"], "next number, 31"),
     ):
