@@ -267,7 +267,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="depth-wise convolution on Q/K/V + relative positions",
         paper="RCMHA 2023",
         status="draft",
-        checks=("ch05.attention_weights",),
+        checks=("ch05.causal_dwconv", "ch05.relative_scores"),
         bib_keys=("sugiharto2023rcmha",),
     ),
     Chapter(
@@ -277,7 +277,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="FFT gating layers before attention layers",
         paper="SpectFormer 2023",
         status="draft",
-        checks=("ch06.attention_weights",),
+        checks=("ch06.spectral_gating",),
         bib_keys=("patro2023spectformer",),
     ),
     Chapter(
@@ -287,7 +287,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="a router picks the top-k heads",
         paper="MoH 2024",
         status="draft",
-        checks=("ch07.attention_weights",),
+        checks=("ch07.moh_gates",),
         bib_keys=("jin2024moh",),
     ),
     Chapter(

@@ -6,21 +6,21 @@ Fill in each function, then grade your work from the repository's root with
 
 or, in a notebook, ``check("ch06.<function name>", your_function)`` from attnbook.grading.
 Use only torch; do not import attnbook.mechanisms.spectral_mixing (it solves these).
-
-SCAFFOLD: attention_weights is an example of the form; replace it with the chapter's exercises.
 """
 
 from torch import Tensor
 
 
-def attention_weights(q: Tensor, k: Tensor) -> Tensor:
-    """The attention weights of one head: softmax(q k^T / sqrt(d)) over the keys.
+def spectral_gating(x: Tensor, weight: Tensor, hw: tuple[int, int]) -> Tensor:
+    """GFNet's global filter on the token grid: irfft2(rfft2(x) ⊙ W, s=(h, w)), ortho norm in both.
 
     Args:
-        q: (..., N, d) queries, float32 or float64.
-        k: (..., M, d) keys, same dtype and leading dims.
+        x: (B, N, C) tokens, N = h·w in row-major order; float16, float32 or float64.
+        weight: (h, w//2+1, C, 2) real; weight[..., 0] + i·weight[..., 1] is the complex filter W.
+        hw: the token grid (h, w); w may be odd.
 
     Returns:
-        (..., N, M) weights in q's dtype; each row (one query) sums to 1.
+        (B, N, C): float64 for float64 input, float32 otherwise (compute half precision in float32).
+        x is not changed.
     """
-    raise NotImplementedError("ch06.attention_weights")
+    raise NotImplementedError("ch06.spectral_gating")

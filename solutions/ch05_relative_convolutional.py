@@ -1,11 +1,29 @@
-"""Chapter 05 solutions: Relative convolutional attention.
+"""Chapter 05 solutions: Relative convolutional attention (RCMHA)."""
 
-SCAFFOLD: the chapter is a draft; a function raises NotImplementedError until it is solved
-(`attnbook grade 05 --solutions` fails it, as CI will once the chapter is written).
-"""
+import math
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
-def attention_weights(q: Tensor, k: Tensor) -> Tensor:
-    raise NotImplementedError("ch05.attention_weights")
+def causal_dwconv(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    B, H, N, d = x.shape
+    kernel = w.shape[1]
+    # (B*H, d, N): the heads share the taps; k - 1 zeros before the first token only
+    seq = F.pad(x.reshape(B * H, N, d).transpose(1, 2), (kernel - 1, 0))
+    # conv1d correlates, so flip the taps: w'_s = w_{k-1-s}
+    out = F.conv1d(seq, w.flip(-1)[:, None, :], b, groups=d)  # (B*H, d, N)
+    return out.transpose(1, 2).reshape(B, H, N, d)
+
+
+def relative_scores(q: Tensor, k: Tensor, r: Tensor, beta: Tensor, u: Tensor) -> Tensor:
+    N, M, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    P = r.shape[1] // 2
+    # delta_ij = j - p_i with p_i = i + M - N, as table rows P + delta
+    delta = torch.arange(M, device=q.device)[None, :] - (torch.arange(N, device=q.device)[:, None] + M - N)
+    rows = P + delta  # (N, M)
+    r_ij = r[:, rows]  # (H, N, M, d)
+    positional = torch.einsum("bhnd,hnmd->bhnm", q, r_ij) + beta[:, rows]  # (B, H, N, M)
+    content = (q + u[None, :, None, :]) @ k.transpose(-2, -1)  # (B, H, N, M)
+    return (content + positional) / math.sqrt(d)
