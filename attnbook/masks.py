@@ -25,6 +25,7 @@ from torch import Tensor
 from .validate import check_mask, require_int
 
 __all__ = [
+    "check_query_key_sizes",
     "query_positions",
     "causal_mask",
     "padding_mask",
@@ -36,7 +37,11 @@ __all__ = [
 ]
 
 
-def _sizes(N: object, M: object) -> tuple[int, int]:
+def check_query_key_sizes(N: object, M: object = None) -> tuple[int, int]:
+    r"""(N, M) as ints, checked against the convention: N, M >= 1 and M >= N (M defaults to N).
+
+    Allocates nothing, so a kernel launch can check its sizes on every call.
+    """
     N = require_int(N, "N", minimum=1)
     M = N if M is None else require_int(M, "M", minimum=1)
     if M < N:
@@ -48,13 +53,13 @@ def _sizes(N: object, M: object) -> tuple[int, int]:
 
 def query_positions(N: int, M: int | None = None, *, device: torch.device | str | None = None) -> Tensor:
     r"""Positions of the N queries among the M keys: p_i = i + (M - N), shape (N,) int64."""
-    N, M = _sizes(N, M)
+    N, M = check_query_key_sizes(N, M)
     return torch.arange(N, device=device) + (M - N)  # (N,)
 
 
 def _offsets(N: int, M: int | None, device) -> Tensor:
     """p_i - j for every (query, key) pair, (N, M): positive when the key lies in the past."""
-    N, M = _sizes(N, M)
+    N, M = check_query_key_sizes(N, M)
     return query_positions(N, M, device=device)[:, None] - torch.arange(M, device=device)[None, :]  # (N, M)
 
 
@@ -129,7 +134,7 @@ def block_mask(
     With ``causal`` also j <= p_i.
     """
     block = require_int(block, "block", minimum=1)
-    N, M = _sizes(N, M)
+    N, M = check_query_key_sizes(N, M)
     same = (query_positions(N, M, device=device)[:, None] // block) == (
         torch.arange(M, device=device)[None, :] // block
     )

@@ -24,7 +24,6 @@ once, so that the next kernel (chapter 30's fused neighborhood attention) reuses
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnbook.masks import query_positions
+from attnbook.masks import check_query_key_sizes
 from attnbook.validate import check_qkv, check_scale, require_tensor
 
 __all__ = [
@@ -292,7 +291,7 @@ def check_attention_inputs(q, k, v, *, causal: bool, scale, head_dims: tuple[int
 
     TypeError: not a tensor, not floating, mixed dtypes, a non-number scale. ValueError: shapes,
     an empty dimension, d not in ``head_dims``, devices, scale <= 0, and causal with M < N (the
-    queries are the last N of M positions: :func:`attnbook.masks.query_positions`).
+    queries are the last N of M positions: :func:`attnbook.masks.check_query_key_sizes`).
     """
     for name, t, shape in (("q", q, "(B, H, N, d)"), ("k", k, "(B, H, M, d)"), ("v", v, "(B, H, M, d)")):
         require_tensor(t, name, ndim=4, floating=True, shape=shape)
@@ -306,18 +305,8 @@ def check_attention_inputs(q, k, v, *, causal: bool, scale, head_dims: tuple[int
     if d not in head_dims:
         raise ValueError(f"head dim d (the last dimension of q, k, v) must be one of {head_dims}, got {d}")
     if causal:
-        _check_causal_sizes(N, M)
+        check_query_key_sizes(N, M)  # the queries are the last N of the M positions
     return 1.0 / math.sqrt(d) if scale is None else check_scale(scale)
-
-
-@functools.lru_cache(maxsize=1024)
-def _check_causal_sizes(N: int, M: int) -> None:
-    """The book's causal convention (queries are the last N of M positions) or its ValueError.
-
-    Cached per (N, M): the check allocates positions, which a launch of a short kernel cannot
-    afford at every call (a benchmark sees the host time; a failed check is not cached).
-    """
-    query_positions(N, M)
 
 
 def require_runnable(q: torch.Tensor, name: str) -> None:

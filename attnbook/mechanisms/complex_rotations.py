@@ -410,7 +410,6 @@ def train_lookup(
 
     torch.manual_seed(seed)
     model = rotary_transformer(4 * n_sym, n_sym, D=D, H=H, layers=layers, mode=mode, angle_scale=angle_scale)
-    extra = {"eval_fn": eval_fn, "eval_every": eval_every} if eval_fn is not None else {}
     history = train(
         model,
         lambda step, g: mixed_lookup(batch_size, N, n_sym, generator=g),
@@ -418,8 +417,9 @@ def train_lookup(
         steps=steps,
         lr=lr,
         seed=seed,
+        eval_fn=eval_fn,
+        eval_every=eval_every,
         progress=False,
-        **extra,
     )
     return model, history
 
