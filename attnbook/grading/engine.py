@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from .context import Call, ReachedCall, Recorded, RunContext, derive_seed, describe_value, set_current
-from .core import Mistake, Task, _short_error, get_task, mistakes_of
+from .core import CheckFailed, Mistake, Task, _short_error, get_task, mistakes_of
 from .environment import triton_interpreter
 from .expect import tolerance
 from .result import Result
@@ -148,7 +148,9 @@ def _what_went_wrong(ctx: RunContext) -> tuple[str, str]:
     """(status, first line of the message) for a failed run."""
     failure = ctx.first_failure
     err = failure.error
-    if ctx.raised_by_learner(err):
+    # a CheckFailed inside the learner's call is the grader's own verdict (a process watch such as
+    # forbid() or no_autograd()), not an error of the learner's code
+    if ctx.raised_by_learner(err) and not isinstance(err, CheckFailed):
         return "error", f"your function raised {_short_error(err)}"
     if isinstance(err, AssertionError):  # CheckFailed, or a plain assert of the check
         return "failed", str(err).strip() or "the answer is wrong"

@@ -38,3 +38,15 @@ def test_watch():
         s = q @ k.mT
         torch.softmax(s, -1)
     assert seen.first(lambda sh: sh[-2:] == (8, 8)) is not None and seen.largest == 128
+
+
+def test_a_forbidden_call_is_a_failed_check_not_an_error_of_the_learner():
+    from attnbook.grading import run_task
+
+    def calls_torch(q, k, v, mask=None):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return out, out
+
+    result = run_task("ch00.scaled_dot_product_attention", calls_torch)
+    assert result.status == "failed", result
+    assert result.message.startswith("your function calls torch.nn.functional.scaled_dot_product_attention")

@@ -247,35 +247,45 @@ def _one_thread():
 
 def _check_heads_experiment(fn):
     gen, _ = fresh_generator()
-    seed = int(torch.randint(10, 1000, (1,), generator=gen))
+    first = int(torch.randint(10, 1000, (1,), generator=gen))
+    seeds = (first, first + 1, first + 2)
     four, one = _reference_accuracies(4), _reference_accuracies(1)
-    # The range the reference spans over its seeds, widened by its spread. Four heads are
-    # reliable (0.89 to 1.0 over 8 seeds); a single head is not (0.17 to 0.70 over 8 seeds: it
-    # sometimes finds an unequal split of its weight between the two keys), so its margin is wider.
+    # Both arms are judged by their mean over 3 seeds: single seeds vary too much. Four heads
+    # reached 0.75 to 1.0 over 31 seeds; a single head 0.17 to 0.82 (it sometimes finds an
+    # unequal split of its weight between the two keys), so only the 4-head mean gets a range:
+    # the reference's, widened by its spread.
     low4 = min(four) - max(0.1, 2 * (max(four) - min(four)))
-    high1 = max(one) + max(0.25, 3 * (max(one) - min(one)))
-    got = {}
+    got = {4: [], 1: []}
     with case():
-        acc4 = got[4] = _accuracy(fn(4, seed), "heads_experiment(H=4)")
-        if acc4 < low4:
+        for seed in seeds:
+            got[4].append(_accuracy(fn(4, seed), "heads_experiment(H=4)"))
+        mean4 = sum(got[4]) / len(seeds)
+        if mean4 < low4:
             raise CheckFailed(
-                f"heads_experiment(4, seed={seed}) = {acc4:.3f}; the reference reaches "
-                f"{min(four):.3f} to {max(four):.3f} over seeds {REFERENCE_SEEDS}, so expect >= {low4:.3f}",
+                f"heads_experiment(4, seed) averages {mean4:.3f} over seeds {seeds}; the reference "
+                f"reaches {min(four):.3f} to {max(four):.3f} over seeds {REFERENCE_SEEDS}, "
+                f"so expect >= {low4:.3f}",
                 hint="train the whole model (embeddings included) for the given steps and learning rate, "
                 "and read the logits at the LAST position (the query token)",
             )
     with case():
-        acc1 = _accuracy(fn(1, seed), "heads_experiment(H=1)")
-        if not (1 / N_VALUES**2 <= acc1 <= high1):
-            raise CheckFailed(
-                f"heads_experiment(1, seed={seed}) = {acc1:.3f}; the reference's single head reaches "
-                f"{min(one):.3f} to {max(one):.3f} over seeds {REFERENCE_SEEDS}, so expect "
-                f"{1 / N_VALUES**2:.3f} (chance) to {high1:.3f}",
-                hint="ModelConfig(..., H=H): the number of heads is the only thing that changes",
-            )
-        if 4 in got and got[4] - acc1 < 0.1:
-            raise CheckFailed(
-                f"with seed={seed}, 4 heads reach {got[4]:.3f} and 1 head {acc1:.3f}: "
-                f"the reference's 4 heads beat its single head by {min(four) - max(one):.2f} or more",
-                hint="ModelConfig(..., H=H): the number of heads is the only thing that changes",
-            )
+        for seed in seeds:
+            acc1 = _accuracy(fn(1, seed), "heads_experiment(H=1)")
+            if acc1 < 1 / N_VALUES**2:
+                raise CheckFailed(
+                    f"heads_experiment(1, seed={seed}) = {acc1:.3f}, below chance ({1 / N_VALUES**2:.3f}); "
+                    f"the reference's single head reaches {min(one):.3f} to {max(one):.3f} over seeds "
+                    f"{REFERENCE_SEEDS}",
+                    hint="ModelConfig(..., H=H): the number of heads is the only thing that changes",
+                )
+            got[1].append(acc1)
+        # One seed is not enough: on 1 seed in 30 the reference's single head came within 0.1 of
+        # its 4 heads; averaged over 3 seeds its gap was 0.24 or more (10 triples measured).
+        if len(got[4]) == len(seeds):
+            mean4, mean1 = sum(got[4]) / len(seeds), sum(got[1]) / len(seeds)
+            if mean4 - mean1 < 0.1:
+                raise CheckFailed(
+                    f"over seeds {seeds}, 4 heads reach {mean4:.3f} on average and 1 head {mean1:.3f}: "
+                    "the reference's 4 heads beat its single head by 0.1 or more on average over 3 seeds",
+                    hint="ModelConfig(..., H=H): the number of heads is the only thing that changes",
+                )
