@@ -296,6 +296,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Multi-branch attention pooling",
         mechanism="multiple-branch attention pooling, stochastic top-K masking",
         paper="ACMIL 2023",
+        status="draft",
+        checks=("ch08.attention_weights",),
         bib_keys=("zhang2023attentionchallenging",),
     ),
     Chapter(
@@ -304,6 +306,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Multi-scale heads",
         mechanism="one attention body, heads feeding several scales",
         paper="MEDUSA 2021",
+        status="draft",
+        checks=("ch09.attention_weights",),
         bib_keys=("aboutalebi2021medusa",),
     ),
     Chapter(
@@ -312,6 +316,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Task injection into heads",
         mechanism="task embeddings mixed into head activations",
         paper="Soft Injection 2025",
+        status="draft",
+        checks=("ch10.attention_weights",),
         bib_keys=("park2025soft",),
     ),
     Chapter(
@@ -320,6 +326,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Head importance",
         mechanism="pruning-based head importance, attention distance",
         paper="Visual analytics of ViTs 2023",
+        status="draft",
+        checks=("ch11.attention_weights",),
         bib_keys=("li2023how", "michel2019sixteen"),
     ),
     Chapter(
@@ -328,6 +336,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Retrieval heads",
         mechanism="retrieval score, needle in a haystack",
         paper="Retrieval Head 2024",
+        status="draft",
+        checks=("ch12.attention_weights",),
         bib_keys=("wu2024retrieval",),
     ),
     Chapter(
@@ -336,6 +346,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Attention sinks",
         mechanism="massive activations, sink tokens",
         paper="Visual Attention Sink 2025",
+        status="draft",
+        checks=("ch13.attention_weights",),
         bib_keys=("kang2025see", "xiao2023efficient"),
     ),
     Chapter(

@@ -229,7 +229,7 @@ def test_the_scaffold_refuses_to_overwrite_and_checks_its_arguments(repo_copy, c
     assert not (repo_copy / ch.notebook_path).exists() and not (repo_copy / ch.check_path).exists()
     assert (repo_copy / "attnbook" / "chapters.py").read_text() == manifest_before
     for args, says in (
-        ([str(int(nn)), slug], "two digits"),
+        ([str(int(nn)).zfill(3), slug], "two digits"),
         ([nn, slug.replace("-", "_").title()], "slug"),
         ([nn, "fft-mixing"], f"is '{slug}'"),
         (["00", "multi-head-attention"], "already"),

@@ -1,0 +1,11 @@
+"""Chapter 11 solutions: Head importance.
+
+SCAFFOLD: the chapter is a draft; a function raises NotImplementedError until it is solved
+(`attnbook grade 11 --solutions` fails it, as CI will once the chapter is written).
+"""
+
+from torch import Tensor
+
+
+def attention_weights(q: Tensor, k: Tensor) -> Tensor:
+    raise NotImplementedError("ch11.attention_weights")
