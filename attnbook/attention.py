@@ -20,6 +20,7 @@ That one thing plugs into :class:`MultiHeadAttention` instead of a copied skelet
     mask_mod(N, M, device) -> mask               hide keys (bool) or add to scores  (N, M) or broadcastable
     head_gate(x) -> gates                        weight each head per query token   (B, N, H)
     value_transform(v) -> v                      change the value path              (B, H, M, d)
+    head_transform(z) -> z                       edit the head outputs before W_O   (B, H, N, d)
 
 Each is a plain callable or an ``nn.Module`` (then its parameters train with the layer).
 With ``return_intermediates=True`` the layer also returns an :class:`Intermediates` record:
@@ -162,9 +163,10 @@ class Intermediates:
         v: values after ``value_transform`` (B, H, M, d).
         scores: pre-softmax scores, after ``score_mod`` and every mask (B, H, N, M).
         weights: A_h = softmax(scores) (B, H, N, M).
-        heads: per-head outputs A_h V_h (B, H, N, d).
+        heads: per-head outputs z_h = g_h A_h V_h as W_O sees them, after ``head_gate`` and
+            ``head_transform`` (B, H, N, d).
         gates: per-token head gates g (B, N, H), or None without ``head_gate``.
-        contributions: each head's additive term g_h A_h V_h W_O^h (B, H, N, D); the layer's
+        contributions: each head's additive term z_h W_O^h (B, H, N, D); the layer's
             output is their sum over h plus b_O.
     """
 
@@ -181,7 +183,8 @@ class Intermediates:
 class MultiHeadAttention(nn.Module):
     r"""Multi-head attention in the sum-over-heads form, with extension points.
 
-    out = Σ_h g_h · softmax(score_mod(Q_h K_h^T / sqrt(d)) + mask) V_h W_O^h + b_O
+    out = Σ_h z_h W_O^h + b_O,  z_h = g_h · softmax(score_mod(Q_h K_h^T / sqrt(d)) + mask) V_h
+    (then ``head_transform`` may edit z before W_O)
 
     Args:
         D: model width.
@@ -193,6 +196,8 @@ class MultiHeadAttention(nn.Module):
         mask_mod: ``f(N, M, device) -> mask``, boolean or additive, broadcastable to (B, H, N, M).
         head_gate: ``f(x) -> gates`` (B, N, H) from the query tokens x (B, N, D).
         value_transform: ``f(v) -> v`` on (B, H, M, d).
+        head_transform: ``f(z) -> z`` on the head outputs (B, H, N, d), after the gates and
+            before W_O (to read, replace or steer one head's activation at chosen positions).
     """
 
     def __init__(
@@ -206,6 +211,7 @@ class MultiHeadAttention(nn.Module):
         mask_mod: Callable | None = None,
         head_gate: Callable | None = None,
         value_transform: Callable | None = None,
+        head_transform: Callable | None = None,
     ):
         super().__init__()
         D, H = require_int(D, "D", minimum=1), require_int(H, "H", minimum=1)
@@ -222,6 +228,7 @@ class MultiHeadAttention(nn.Module):
             ("mask_mod", mask_mod),
             ("head_gate", head_gate),
             ("value_transform", value_transform),
+            ("head_transform", head_transform),
         ):
             if fn is not None and not callable(fn):
                 raise TypeError(
@@ -233,6 +240,7 @@ class MultiHeadAttention(nn.Module):
         self.mask_mod = mask_mod
         self.head_gate = head_gate
         self.value_transform = value_transform
+        self.head_transform = head_transform
 
     def _check_inputs(self, x: Tensor, context: Tensor) -> None:
         require_tensor(x, "x", ndim=3, floating=True, shape=f"(B, N, D={self.D})")
@@ -321,6 +329,14 @@ class MultiHeadAttention(nn.Module):
                 )
             # g_h · A_h V_h, per query token
             heads = heads * gates.transpose(1, 2)[..., None]  # (B, H, N, d)
+        if self.head_transform is not None:
+            edited = self.head_transform(heads)
+            if not isinstance(edited, Tensor) or edited.shape != heads.shape:
+                got = tuple(edited.shape) if isinstance(edited, Tensor) else type(edited).__name__
+                raise ValueError(
+                    f"head_transform must return a tensor of shape {tuple(heads.shape)}, got {got}"
+                )
+            heads = edited  # (B, H, N, d)
         # out = Σ_h (g_h A_h V_h) W_O^h + b_O, with W_O^h the h-th (d, D) block of W_O
         w_o = self.w_o.weight.T.reshape(self.H, self.d, self.D)  # (H, d, D)
         out = torch.einsum("bhnd,hde->bne", heads, w_o)  # (B, N, D)

@@ -239,6 +239,11 @@ def _qkv(dtype=torch.float32, N=4, M=4):
             ValueError,
             "head_gate must return gates of shape",
         ),
+        (
+            lambda: MultiHeadAttention(8, 2, head_transform=lambda z: z[:, :1])(torch.zeros(1, 3, 8)),
+            ValueError,
+            "head_transform must return a tensor of shape",
+        ),
     ],
 )
 def test_bad_input_gets_an_attnbook_error(call, error, message):
@@ -299,6 +304,28 @@ def test_head_gate_weights_each_head_term():
     zero_head[..., 1] = 0
     _, z_inter = _layer(head_gate=lambda x: zero_head)(X, return_intermediates=True)
     assert (z_inter.contributions[:, 1] == 0).all()
+
+
+def test_head_transform_edits_one_head_at_one_position_before_w_o():
+    plain = _layer()
+    _, inter = plain(X, causal=True, return_intermediates=True)
+    steer = torch.randn(4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+
+    def replace_last(z):  # z (B, H, N, d): head 2 at the last position becomes `steer`
+        z = z.clone()
+        z[:, 2, -1] = steer
+        return z
+
+    edited = _layer(head_transform=replace_last)
+    out, e_inter = edited(X, causal=True, return_intermediates=True)
+    # out_T = Σ_h z_h W_O^h + b_O, with z_2 at T replaced: an explicit matrix product
+    w_o_2 = plain.w_o.weight.T[8:12]  # rows of W_O for head 2, (d, D)
+    expected = plain(X, causal=True).clone()
+    expected[:, -1] += (steer - inter.heads[:, 2, -1]) @ w_o_2
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(out[:, :-1], plain(X, causal=True)[:, :-1])  # other positions untouched
+    assert torch.equal(e_inter.heads[:, 2, -1], steer.expand(2, 4))
+    torch.testing.assert_close(e_inter.contributions.sum(1) + plain.w_o.bias, out)
 
 
 def test_qk_transform_gets_positions_with_queries_at_the_end():
