@@ -297,7 +297,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="multiple-branch attention pooling, stochastic top-K masking",
         paper="ACMIL 2023",
         status="draft",
-        checks=("ch08.attention_weights",),
+        checks=("ch08.multi_branch_attention", "ch08.stkim_mask", "ch08.diversity_loss"),
         bib_keys=("zhang2023attentionchallenging",),
     ),
     Chapter(
@@ -307,7 +307,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="one attention body, heads feeding several scales",
         paper="MEDUSA 2021",
         status="draft",
-        checks=("ch09.attention_weights",),
+        checks=("ch09.gate", "ch09.medusa_heads"),
         bib_keys=("aboutalebi2021medusa",),
     ),
     Chapter(
@@ -317,7 +317,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="task embeddings mixed into head activations",
         paper="Soft Injection 2025",
         status="draft",
-        checks=("ch10.attention_weights",),
+        checks=("ch10.task_embedding", "ch10.soft_inject"),
         bib_keys=("park2025soft",),
     ),
     Chapter(

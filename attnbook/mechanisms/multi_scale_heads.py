@@ -1,69 +1,323 @@
-"""Chapter 09 · Multi-scale heads.
+r"""Multi-scale heads (MEDUSA): one shared encoder–decoder body whose heads gate several backbone stages.
 
-The mechanism: one attention body, heads feeding several scales (MEDUSA 2021).
+MEDUSA (Aboutalebi et al. 2021) replaces several small attention modules, each computing its
+gate from the features of one depth, by ONE self-attention body with several heads, each head
+feeding a different scale of the main network. The architecture's source is not public (the
+released COVIDNet-CXR-3 checkpoint comes with pre-processing and evaluation code only), so the
+equations below are this book's reading of that one sentence, not the paper's code.
 
-SCAFFOLD: derive the mechanism here as the chapter does, from chapter 00's notation
-(S = Q K^T / sqrt(d), A = softmax(S) over the keys, out = sum_h A_h V_h W_O^h), changing one
-thing at a time; then write its functional form (a pure function of tensors, shapes in the
-docstring, the equation in a comment above the line that computes it) and, when it has
-parameters, a small nn.Module using it.
+Derivation (chapter 09), from chapter 00's multi-head attention, one change at a time:
 
-Most mechanisms are multi-head attention with one thing changed. Plug that one thing into
-attnbook.attention.MultiHeadAttention instead of copying its skeleton:
+    MHA:     shared input X  ->  heads h = 1..H, each its own projections  ->  outputs combined
+    MEDUSA:  shared body     ->  heads s = 1..S, each a light projection    ->  each gates one stage
 
-    qk_transform(q, k, pos_q, pos_k) -> (q, k)   rotate/convolve queries and keys  (B, H, ., d)
-    score_mod(scores, q, k) -> scores            add a bias or change the scores   (B, H, N, M)
-    mask_mod(N, M, device) -> mask               hide keys, or add to the scores   (N, M)
-    head_gate(x) -> gates                        weight each head per query token  (B, N, H)
-    value_transform(v) -> v                      change the value path             (B, H, M, d)
+(i)   the shared part is an encoder–decoder E–D over the image (a small U-Net here): its
+      bottleneck sees the whole image, so every head reads global context;
+(ii)  head s is a 1×1 convolution of the decoder map D_s (B, C_s, h_s, w_s) at its own scale,
+          A_s = σ(Σ_c w_{s,c} D_{s,c} + b_s)  ∈ [0, 1]^{B×1×h_s×w_s};
+(iii) instead of being concatenated, head s multiplies the features F_s (B, C'_s, H_s, W_s) of
+      backbone stage s, after a bilinear resize (align_corners=False) to (H_s, W_s):
+          F'_s = F_s ⊙ resize(A_s)          ("mul": A ≡ 1 leaves the backbone unchanged)
+          F'_s = F_s ⊙ (1 + resize(A_s))    ("residual": A ≡ 0 leaves it unchanged).
+      The map broadcasts over the channels: one weight per position, not per channel.
 
-and build the chapter's model as TinyTransformer(config, attn=...). A mechanism that is a
-different computation (pooling, search, a kernel) stands alone and says why.
+Why this module stands alone instead of plugging into :class:`attnbook.attention.MultiHeadAttention`:
+there are no tokens, queries or keys. A_s is a sigmoid of one position's decoder features,
+not a softmax over keys of Q·Kᵀ scores: nothing is normalised over positions and no N×N
+matrix exists. "Self-attention" here means spatial gating computed from the image itself; the
+analogy with MHA is the shared input and the several heads, nothing more.
+
+The released model's body reads its own input: the whole image resized to 256×256, one
+channel, z-scored per image (:func:`zscore_image`); the classifier reads the image at 480×480.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []  # SCAFFOLD: the public functions and modules, once written
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-# SCAFFOLD: the shape a mechanism usually takes, shown on a learned distance bias on the
-# scores (replace it with the chapter's own):
-#
-# import torch
-# from torch import Tensor, nn
-#
-# from attnbook.attention import MultiHeadAttention
-# from attnbook.masks import query_positions
-# from attnbook.models import ModelConfig, TinyTransformer
-#
-#
-# def distance_bias(scores: Tensor, slopes: Tensor) -> Tensor:
-#     """Subtract slope_h * |p_i - j| from the scores.
-#
-#     Args:
-#         scores: (B, H, N, M) scaled scores; the N queries are the last N of M positions.
-#         slopes: (H,) one slope per head.
-#     Returns:
-#         (B, H, N, M) scores, same dtype and device.
-#     """
-#     N, M = scores.shape[-2:]
-#     # |p_i - j| with p_i = i + M - N
-#     distance = (query_positions(N, M, device=scores.device)[:, None]
-#                 - torch.arange(M, device=scores.device)).abs()                # (N, M)
-#     # S'_hij = S_hij - m_h |p_i - j|
-#     return scores - slopes.to(scores.dtype)[:, None, None] * distance          # (B, H, N, M)
-#
-#
-# class DistanceBias(nn.Module):
-#     """A score_mod with one learned slope per head."""
-#
-#     def __init__(self, H: int):
-#         super().__init__()
-#         self.slopes = nn.Parameter(torch.zeros(H))
-#
-#     def forward(self, scores: Tensor, q: Tensor, k: Tensor) -> Tensor:
-#         return distance_bias(scores, self.slopes)
-#
-#
-# config = ModelConfig(D=32, H=4, vocab=16)
-# model = TinyTransformer(config, attn=lambda cfg: MultiHeadAttention(cfg.D, cfg.H,
-#                                                                    score_mod=DistanceBias(cfg.H)))
+from ..validate import require_int, require_same_dtype_device, require_tensor
+
+__all__ = [
+    "MODES",
+    "resize_map",
+    "gate",
+    "medusa_heads",
+    "zscore_image",
+    "attention_iou",
+    "MedusaBody",
+    "IsolatedGate",
+    "MedusaNet",
+    "count_parameters",
+]
+
+MODES = ("mul", "residual")
+"""The two gating forms: F ⊙ A ("mul") and F ⊙ (1 + A) ("residual")."""
+
+
+def _size(size: object) -> tuple[int, int]:
+    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+        raise TypeError(f"size must be a pair (H, W) of integers, got {size!r}")
+    return require_int(size[0], "size[0] (H)", minimum=1), require_int(size[1], "size[1] (W)", minimum=1)
+
+
+def resize_map(A: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize (align_corners=False) of attention maps to a stage's spatial size.
+
+    Args:
+        A: (B, C, h, w) maps, float (C = 1 for one map per image).
+        size: (H, W), the target height and width (in this order).
+    Returns:
+        (B, C, H, W), A's dtype and device; A itself when (h, w) == (H, W).
+    """
+    require_tensor(A, "A", ndim=4, floating=True, shape="(B, C, h, w)")
+    H, W = _size(size)
+    if A.shape[-2:] == (H, W):
+        return A
+    # A'(y, x) = bilinear interpolation of A at ((y + ½)·h/H - ½, (x + ½)·w/W - ½)
+    return F.interpolate(A, size=(H, W), mode="bilinear", align_corners=False)
+
+
+def gate(F_s: Tensor, A: Tensor, mode: str = "mul") -> Tensor:
+    """Gate the features of one backbone stage with one head's spatial map.
+
+    Args:
+        F_s: (B, C, H, W) stage features, float.
+        A: (B, 1, h, w) attention map in [0, 1] (already a sigmoid: no second σ), same dtype
+            and device; any (h, w), resized bilinearly (align_corners=False) to (H, W).
+        mode: "mul" for F ⊙ A, "residual" for F ⊙ (1 + A).
+    Returns:
+        (B, C, H, W) gated features, F_s's dtype and device.
+    """
+    require_tensor(F_s, "F_s", ndim=4, floating=True, shape="(B, C, H, W)")
+    require_tensor(A, "A", ndim=4, floating=True, shape="(B, 1, h, w)")
+    require_same_dtype_device(F_s=F_s, A=A)
+    if A.shape[0] != F_s.shape[0] or A.shape[1] != 1:
+        raise ValueError(
+            f"A must have shape (B={F_s.shape[0]}, 1, h, w) for F_s of shape {tuple(F_s.shape)}, "
+            f"got {tuple(A.shape)}"
+        )
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    a = resize_map(A, F_s.shape[-2:])  # (B, 1, H, W)
+    # F' = F ⊙ A   or   F' = F ⊙ (1 + A), broadcast over the C channels
+    return F_s * a if mode == "mul" else F_s * (1 + a)
+
+
+def medusa_heads(dec: list[Tensor], weights: list[Tensor], biases: list[Tensor]) -> list[Tensor]:
+    """The S heads: a 1×1 convolution to one channel and a sigmoid, one per decoder scale.
+
+    Args:
+        dec: S decoder maps D_s (B, C_s, h_s, w_s), float, one dtype and device.
+        weights: S tensors (C_s,), the 1×1 convolution of head s.
+        biases: S 0-d tensors, the bias b_s of head s.
+    Returns:
+        S maps A_s (B, 1, h_s, w_s) in [0, 1], the inputs' dtype and device.
+    """
+    if not isinstance(dec, (list, tuple)) or not dec:
+        raise TypeError(
+            f"dec must be a non-empty list of (B, C_s, h_s, w_s) tensors, got {type(dec).__name__}"
+        )
+    if not isinstance(weights, (list, tuple)) or not isinstance(biases, (list, tuple)):
+        raise TypeError("weights and biases must be lists, one entry per head")
+    if not len(dec) == len(weights) == len(biases):
+        raise ValueError(
+            f"one weight and one bias per decoder map: got {len(dec)} maps, "
+            f"{len(weights)} weights, {len(biases)} biases"
+        )
+    maps = []
+    for s, (D, w, b) in enumerate(zip(dec, weights, biases)):
+        require_tensor(D, f"dec[{s}]", ndim=4, floating=True, shape="(B, C_s, h_s, w_s)")
+        require_tensor(w, f"weights[{s}]", ndim=1, floating=True, shape=f"(C_s={D.shape[1]},)")
+        require_tensor(b, f"biases[{s}]", ndim=0, floating=True, shape="() (a 0-d tensor)")
+        require_same_dtype_device(**{"dec[0]": dec[0], f"dec[{s}]": D, f"weights[{s}]": w, f"biases[{s}]": b})
+        if w.shape[0] != D.shape[1] or D.shape[0] != dec[0].shape[0]:
+            raise ValueError(
+                f"weights[{s}] must have shape ({D.shape[1]},) for dec[{s}] of shape {tuple(D.shape)} "
+                f"(and every map batch size {dec[0].shape[0]}), got {tuple(w.shape)}"
+            )
+        # A_s = σ(Σ_c w_c D_c + b)
+        maps.append(torch.sigmoid(torch.einsum("bchw,c->bhw", D, w) + b)[:, None])  # (B, 1, h_s, w_s)
+    return maps
+
+
+def zscore_image(img: Tensor) -> Tensor:
+    """Per-image z-score of the body's input (mean 0, std 1, population std as numpy's).
+
+    Args:
+        img: (..., H, W) image(s), uint8 or float.
+    Returns:
+        (..., H, W): float64 for integer input, img's dtype otherwise; a constant image gives
+        zeros (its std is 0; the released pre-processing would divide by it and return NaN).
+    """
+    require_tensor(img, "img", min_ndim=2, shape="(..., H, W)")
+    x = img if img.is_floating_point() else img.to(torch.float64)
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), keepdim=True, correction=0)
+    # z = (x - mean) / std, and 0 where std = 0
+    return torch.where(std > 0, (x - mean) / torch.where(std > 0, std, 1), 0)
+
+
+def attention_iou(A: Tensor, mask: Tensor, thr: float = 0.5) -> Tensor:
+    """IoU of a thresholded attention map with a region (the lung fields, say), per image.
+
+    Args:
+        A: (B, 1, h, w) maps in [0, 1]; resized bilinearly to the mask's size first.
+        mask: (B, H, W) bool region.
+        thr: a position is "attended" when A > thr.
+    Returns:
+        (B,) IoU = |A>thr ∧ mask| / |A>thr ∨ mask| in A's dtype; 1 when both are empty.
+    """
+    require_tensor(A, "A", ndim=4, floating=True, shape="(B, 1, h, w)")
+    require_tensor(mask, "mask", ndim=3, shape="(B, H, W)")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be boolean (True = inside the region), got {mask.dtype}")
+    if A.shape[1] != 1 or A.shape[0] != mask.shape[0] or A.device != mask.device:
+        raise ValueError(f"A {tuple(A.shape)} and mask {tuple(mask.shape)} need one batch size, one device")
+    attended = resize_map(A, mask.shape[-2:])[:, 0] > thr  # (B, H, W)
+    inter = (attended & mask).sum(dim=(-2, -1)).to(A.dtype)
+    union = (attended | mask).sum(dim=(-2, -1)).to(A.dtype)
+    return torch.where(union > 0, inter / union.clamp_min(1), 1)
+
+
+def _conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU())
+
+
+class MedusaBody(nn.Module):
+    """The shared body: a small U-Net over the body image, and S = 3 heads (1×1 conv + σ).
+
+    Input (B, 1, h, w), h and w multiples of 8 (32×32 in the chapter). Encoder widths c, 2c,
+    4c at h, h/2, h/4 and a bottleneck at h/8; the decoder goes back up with skips, and taps
+    D_1 (c, h), D_2 (2c, h/2), D_3 (4c, h/4): finest first, the order of the backbone stages.
+    """
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        c = require_int(c, "c", minimum=1)
+        self.enc = nn.ModuleList([_conv(1, c), _conv(c, 2 * c), _conv(2 * c, 4 * c)])
+        self.bottleneck = _conv(4 * c, 4 * c)
+        self.dec = nn.ModuleList(
+            [_conv(2 * c + c, c), _conv(4 * c + 2 * c, 2 * c), _conv(4 * c + 4 * c, 4 * c)]
+        )
+        self.heads = nn.ModuleList([nn.Conv2d(w, 1, 1) for w in (c, 2 * c, 4 * c)])
+
+    def decoder_maps(self, x: Tensor) -> list[Tensor]:
+        """(B, 1, h, w) -> [D_1 (B, c, h, w), D_2 (B, 2c, h/2, w/2), D_3 (B, 4c, h/4, w/4)]."""
+        require_tensor(x, "x", ndim=4, floating=True, shape="(B, 1, h, w)")
+        skips = []
+        for layer in self.enc:
+            x = layer(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottleneck(x)  # (B, 4c, h/8, w/8): every position sees the whole image
+        out = []
+        for layer, skip in zip(reversed(self.dec), reversed(skips)):
+            up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = layer(torch.cat([up, skip], dim=1))
+            out.append(x)
+        return out[::-1]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """(B, 1, h, w) -> [A_1 (B, 1, h, w), A_2 (B, 1, h/2, w/2), A_3 (B, 1, h/4, w/4)] in [0, 1]."""
+        dec = self.decoder_maps(x)
+        return medusa_heads(
+            dec, [h.weight.view(-1) for h in self.heads], [h.bias.view(()) for h in self.heads]
+        )
+
+
+class IsolatedGate(nn.Module):
+    """The baseline: a spatial gate computed from one stage's own features (CBAM-like, wider).
+
+    (B, C, H, W) -> (B, 1, H, W) = σ(conv1×1(ReLU(conv3×3(ReLU(conv3×3(F)))))), hidden width k:
+    its parameters receive gradient from its own stage only.
+    """
+
+    def __init__(self, C: int, k: int):
+        super().__init__()
+        self.net = nn.Sequential(_conv(C, k), _conv(k, k), nn.Conv2d(k, 1, 1))
+
+    def forward(self, F_s: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(F_s))
+
+
+def count_parameters(module: nn.Module) -> int:
+    """The number of scalars in a module's parameters."""
+    return sum(p.numel() for p in module.parameters())
+
+
+class MedusaNet(nn.Module):
+    """A 4-stage CNN classifier with no gates, isolated gates, or a MEDUSA body gating stages 1–3.
+
+    Args:
+        gating: "none" (the plain backbone), "isolated" (one IsolatedGate per gated stage, hidden
+            width chosen to match the MEDUSA body's parameter count) or "medusa".
+        widths: the backbone's stage widths; each stage is conv3×3 + ReLU + 2×2 max-pool.
+        body_width: c of :class:`MedusaBody` (the isolated gates match its parameter count).
+        body_size: (h, w) of the body image (the whole image, resized and z-scored).
+        mode: "mul" or "residual", see :func:`gate`.
+    forward(image (B, 1, H, W), body_image=None, *, disabled=()) -> logits (B,); a stage s in
+    ``disabled`` is not gated (A_s ≡ 1 in "mul", ≡ 0 in "residual"). After a call,
+    ``self.maps`` holds the S maps used (None for a disabled or ungated stage).
+    """
+
+    S = 3
+
+    def __init__(
+        self,
+        gating: str = "medusa",
+        widths: tuple[int, ...] = (8, 16, 32, 64),
+        body_width: int = 8,
+        body_size: tuple[int, int] = (32, 32),
+        mode: str = "mul",
+    ):
+        super().__init__()
+        if gating not in ("none", "isolated", "medusa"):
+            raise ValueError(f"gating must be 'none', 'isolated' or 'medusa', got {gating!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if len(widths) < self.S:
+            raise ValueError(f"widths needs at least {self.S} stages, got {widths}")
+        self.gating, self.mode, self.body_size = gating, mode, _size(body_size)
+        chans = (1, *widths)
+        self.stages = nn.ModuleList([_conv(chans[i], chans[i + 1]) for i in range(len(widths))])
+        self.classifier = nn.Linear(widths[-1], 1)
+        self.body, self.gates = None, None
+        if gating == "medusa":
+            self.body = MedusaBody(body_width)
+        elif gating == "isolated":
+            target = count_parameters(MedusaBody(body_width))
+            # the hidden width k whose S gates come closest to the body's parameter count
+            k = min(
+                range(1, 257),
+                key=lambda k: abs(sum(self._gate_size(w, k) for w in widths[: self.S]) - target),
+            )
+            self.gates = nn.ModuleList([IsolatedGate(w, k) for w in widths[: self.S]])
+        self.maps: list[Tensor | None] = [None] * self.S
+
+    @staticmethod
+    def _gate_size(C: int, k: int) -> int:
+        # conv3×3(C→k) + conv3×3(k→k) + conv1×1(k→1), with biases
+        return 9 * C * k + k + 9 * k * k + k + k + 1
+
+    def body_input(self, image: Tensor) -> Tensor:
+        """(B, 1, H, W) -> (B, 1, h, w): the whole image resized to body_size and z-scored."""
+        return zscore_image(resize_map(image, self.body_size))
+
+    def forward(self, image: Tensor, body_image: Tensor | None = None, *, disabled=()) -> Tensor:
+        require_tensor(image, "image", ndim=4, floating=True, shape="(B, 1, H, W)")
+        maps = [None] * self.S
+        if self.body is not None:
+            maps = self.body(self.body_input(image) if body_image is None else body_image)
+        x = image
+        used: list[Tensor | None] = [None] * self.S
+        for s, stage in enumerate(self.stages):
+            x = F.max_pool2d(stage(x), 2)  # F_s (B, C_s, H/2^{s+1}, W/2^{s+1})
+            if s >= self.S or s in disabled or self.gating == "none":
+                continue
+            A = maps[s] if self.gates is None else self.gates[s](x)
+            used[s] = A
+            x = gate(x, A, self.mode)  # F'_s = F_s ⊙ resize(A_s)  (or ⊙ (1 + resize(A_s)))
+        self.maps = used
+        return self.classifier(x.mean(dim=(-2, -1)))[:, 0]

@@ -1,21 +1,291 @@
-"""Library tests for chapter 08: attnbook/mechanisms/multi_branch_pooling.py.
+"""attnbook.mechanisms.multi_branch_pooling: ABMIL limit, STKIM invariants, diversity, eval, errors."""
 
-SCAFFOLD: test the functional form against an independent reference and its limit cases, the
-module against the functional form, bad input (a clear ValueError or TypeError naming the
-argument), float32 and float64, and that the tensors it creates follow the inputs' device.
-"""
+import math
 
 import pytest
+import torch
+from torch import nn
 
+from attnbook.attention import scaled_dot_product_attention
 from attnbook.chapters import by_number
 from attnbook.mechanisms import multi_branch_pooling as mechanism
+from attnbook.mechanisms.multi_branch_pooling import (
+    ACMIL,
+    acmil_loss,
+    diversity_loss,
+    gated_attention_logits,
+    multi_branch_pool,
+    stkim_mask,
+    stkim_select,
+    top_k_attention_mass,
+)
+from tests.library.device_check import (
+    assert_follow,
+    on_devices_and_dtypes,
+    tensors_without_device_go_to_meta,
+)
 
 CHAPTER = by_number("08")
+DTYPES = (torch.float32, torch.float64)
+
+
+def _tol(dtype):
+    return {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-12}
+
+
+def _weights(seed, N, L, D, K, dtype):
+    g = torch.Generator().manual_seed(seed)
+    h, V, U, W = (torch.randn(*s, generator=g, dtype=dtype) for s in ((N, L), (D, L), (D, L), (K, D)))
+    b_V, b_U, b_W = (torch.randn(s, generator=g, dtype=dtype) for s in (D, D, K))
+    return h, V, U, W, b_V, b_U, b_W
 
 
 def test_the_public_names_are_documented():
-    if not mechanism.__all__ and CHAPTER.status == "draft":
-        pytest.skip("chapter 08 is a draft: its mechanism exports nothing yet")
     assert mechanism.__all__, f"{CHAPTER.mechanism_path} exports nothing"
     for name in mechanism.__all__:
         assert getattr(mechanism, name).__doc__, f"{name} has no docstring"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,L,D,K", [(1, 3, 2, 1), (7, 5, 3, 4), (13, 6, 9, 5)])
+def test_gated_logits_match_an_instance_by_instance_loop(dtype, N, L, D, K):
+    h, V, U, W, b_V, b_U, b_W = _weights(0, N, L, D, K, dtype)
+    logits = gated_attention_logits(h, V, U, W, b_V, b_U, b_W)
+    assert logits.shape == (K, N) and logits.dtype == dtype
+    expected = torch.empty(K, N, dtype=torch.float64)
+    for i in range(N):
+        hi = h[i].double()
+        key = [
+            math.tanh(float(V[d].double() @ hi + b_V[d]))
+            / (1 + math.exp(-float(U[d].double() @ hi + b_U[d])))
+            for d in range(D)
+        ]
+        for k in range(K):
+            expected[k, i] = sum(float(W[k, d]) * key[d] for d in range(D)) + float(b_W[k])
+    torch.testing.assert_close(logits.double(), expected, **_tol(dtype))
+    no_bias = gated_attention_logits(h, V, U, W)
+    torch.testing.assert_close(no_bias, (torch.tanh(h @ V.T) * torch.sigmoid(h @ U.T) @ W.T).T)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [1, 2, 37])
+def test_one_branch_without_masking_is_single_query_attention(dtype, N):
+    """ABMIL = SDPA(q = w, k = κ, v = h, scale = 1), by torch and by the book's own SDPA."""
+    L, D = 6, 5
+    h, V, U, W, b_V, b_U, _ = _weights(1, N, L, D, 1, dtype)
+    a, f, f_slide = multi_branch_pool(h, gated_attention_logits(h, V, U, W, b_V, b_U))
+    keys = torch.tanh(h @ V.T + b_V) * torch.sigmoid(h @ U.T + b_U)  # (N, D)
+    expected = nn.functional.scaled_dot_product_attention(W[None], keys[None], h[None], scale=1.0)[0]
+    torch.testing.assert_close(f, expected, **_tol(dtype))
+    torch.testing.assert_close(f_slide, expected[0], **_tol(dtype))
+    out, weights = scaled_dot_product_attention(W, keys, h, scale=1.0)
+    torch.testing.assert_close(f, out, **_tol(dtype))
+    torch.testing.assert_close(a, weights, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pooling_branches_and_the_mean_attention(dtype):
+    K, N, L = 3, 11, 4
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(N, L, generator=g, dtype=dtype)
+    logits = torch.randn(K, N, generator=g, dtype=dtype)
+    logits[1, 4] = float("-inf")
+    a, f, f_slide = multi_branch_pool(h, logits)
+    for k in range(K):
+        e = [math.exp(float(v)) for v in logits[k]]
+        ak = torch.tensor([v / sum(e) for v in e], dtype=torch.float64)
+        torch.testing.assert_close(a[k].double(), ak, **_tol(dtype))
+        torch.testing.assert_close(f[k], sum(a[k, i] * h[i] for i in range(N)), **_tol(dtype))
+    assert a[1, 4] == 0
+    torch.testing.assert_close(f_slide, f.mean(0), **_tol(dtype))  # Σ ā_i h_i = mean_k f_k (linearity)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K,N,k_top,p", [(5, 40, 10, 0.6), (3, 7, 10, 0.6), (4, 12, 5, 0.5), (2, 9, 9, 0.9)])
+def test_stkim_masks_exactly_n_of_each_branchs_top_instances_and_renormalises(dtype, K, N, k_top, p):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(K, N, generator=g, dtype=dtype)
+    masked = stkim_mask(logits, k_top, p, generator=g)
+    hidden = torch.isinf(masked)
+    n = int(min(k_top, N) * p)
+    assert (hidden.sum(1) == n).all()
+    top = torch.topk(logits, min(k_top, N), dim=1).indices
+    for k in range(K):
+        assert set(hidden[k].nonzero().flatten().tolist()) <= set(top[k].tolist())
+    assert torch.equal(masked[~hidden], logits[~hidden])
+    a = torch.softmax(logits, dim=1)
+    a_masked, _, _ = multi_branch_pool(torch.eye(N, dtype=dtype), masked)
+    assert (a_masked[hidden] == 0).all()
+    # a'_i = a_i / (1 - Σ_hidden a_j)
+    renormalised = a / (1 - (a * hidden).sum(1, keepdim=True))
+    torch.testing.assert_close(a_masked[~hidden], renormalised[~hidden], **_tol(dtype))
+
+
+def test_stkim_draws_per_branch_uniformly_and_reproducibly():
+    logits = torch.randn(1, 30, dtype=torch.float64).expand(400, 30).contiguous()  # 400 equal branches
+    top = set(torch.topk(logits[0], 10).indices.tolist())
+    hidden = stkim_select(logits, 10, 0.6, torch.Generator().manual_seed(4))
+    assert len({tuple(row.nonzero().flatten().tolist()) for row in hidden}) > 100  # one draw per branch
+    rate = hidden.double().mean(0)
+    assert all(abs(rate[i] - 0.6) < 0.12 for i in top)  # each candidate hidden with probability p
+    assert all(rate[i] == 0 for i in range(30) if i not in top)
+    again = stkim_select(logits, 10, 0.6, torch.Generator().manual_seed(4))
+    assert torch.equal(hidden, again)
+    assert not torch.equal(hidden, stkim_select(logits, 10, 0.6, torch.Generator().manual_seed(5)))
+
+
+def test_stkim_identities_and_evaluation():
+    logits = torch.randn(3, 8)
+    for k_top, p in [(10, 0.0), (0, 0.6), (1, 0.6)]:  # n = 0: nothing hidden
+        assert torch.equal(stkim_mask(logits, k_top, p), logits)
+    g = torch.Generator().manual_seed(0)
+    state, default_state = g.get_state(), torch.get_rng_state()
+    assert stkim_mask(logits, 10, 0.6, g, training=False) is logits
+    assert torch.equal(g.get_state(), state) and torch.equal(torch.get_rng_state(), default_state)
+
+
+def test_diversity_identities_and_gradient():
+    a = torch.softmax(torch.randn(4, 9, dtype=torch.float64), dim=1)
+    assert diversity_loss(a[:1]) == 0
+    torch.testing.assert_close(diversity_loss(a[:1].expand(3, 9)), torch.tensor(1.0, dtype=torch.float64))
+    disjoint = torch.zeros(3, 9, dtype=torch.float64)
+    disjoint[0, :3], disjoint[1, 3:5], disjoint[2, 5:] = 1 / 3, 1 / 2, 1 / 4
+    assert diversity_loss(disjoint) == 0
+    pairs = [(j, k) for j in range(4) for k in range(j + 1, 4)]
+    expected = sum(nn.functional.cosine_similarity(a[j], a[k], dim=0) for j, k in pairs) / len(pairs)
+    torch.testing.assert_close(diversity_loss(a), expected)
+    logits = torch.randn(1, 5, dtype=torch.float64, requires_grad=True)
+    diversity_loss(torch.softmax(logits, 1)).backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+    logits = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: diversity_loss(torch.softmax(x, 1)), (logits,))
+
+
+def _model(K, k_top, p, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    return ACMIL(9, 7, 5, n_classes=3, K=K, k_top=k_top, p=p).to(dtype)
+
+
+def test_the_module_is_the_functional_composition():
+    model = _model(4, 10, 0.6)
+    x = torch.randn(17, 9, dtype=torch.float64)
+    out = model(x, torch.Generator().manual_seed(6))
+    h = torch.relu(x @ model.reduce.weight.T)
+    V, U, W = model.V, model.U, model.W
+    logits = stkim_mask(
+        gated_attention_logits(h, V.weight, U.weight, W.weight, V.bias, U.bias, W.bias),
+        10,
+        0.6,
+        torch.Generator().manual_seed(6),
+    )
+    a, f, f_slide = multi_branch_pool(h, logits)
+    torch.testing.assert_close(out.logits, logits)
+    torch.testing.assert_close(out.attention, a)
+    for k in range(4):
+        torch.testing.assert_close(out.branch_logits[k], model.branch_classifiers[k](f[k]))
+    torch.testing.assert_close(out.slide_logits, model.slide_classifier(f_slide))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_evaluation_is_permutation_invariant_and_draws_nothing(dtype):
+    model = _model(5, 10, 0.6, dtype).eval()
+    x = torch.randn(23, 9, dtype=dtype)
+    perm = torch.randperm(23)
+    state = torch.get_rng_state()
+    out, shuffled = model(x), model(x[perm])
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(shuffled.slide_logits, out.slide_logits, **_tol(dtype))
+    torch.testing.assert_close(shuffled.branch_logits, out.branch_logits, **_tol(dtype))
+    torch.testing.assert_close(shuffled.attention, out.attention[:, perm], **_tol(dtype))
+    assert not torch.isinf(out.logits).any()
+    model.train()
+    assert (torch.isinf(model(x).logits).sum(1) == 6).all()
+
+
+def test_no_masking_makes_training_equal_evaluation():
+    x = torch.randn(15, 9, dtype=torch.float64)
+    for model in (_model(5, 10, 0.0), _model(5, 0, 0.6), _model(1, 0, 0.0)):
+        train = model.train()(x)
+        test = model.eval()(x)
+        assert torch.equal(train.slide_logits, test.slide_logits)
+        assert torch.equal(train.attention, test.attention)
+
+
+def test_loss_terms_and_the_one_branch_case():
+    model = _model(3, 10, 0.6).train()
+    out = model(torch.randn(21, 9, dtype=torch.float64), torch.Generator().manual_seed(7))
+    ce = nn.functional.cross_entropy
+    expected = (
+        ce(out.slide_logits[None], torch.tensor([2]))
+        + sum(ce(out.branch_logits[k : k + 1], torch.tensor([2])) for k in range(3)) / 3
+        + diversity_loss(out.attention)
+    )
+    loss = acmil_loss(out.branch_logits, out.slide_logits, out.attention, 2)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert model.W.weight.grad.abs().sum() > 0 and model.branch_classifiers[2].weight.grad.abs().sum() > 0
+    one = _model(1, 0, 0.0)(torch.randn(5, 9, dtype=torch.float64))
+    torch.testing.assert_close(
+        acmil_loss(one.branch_logits, one.slide_logits, one.attention, torch.tensor(1)),
+        ce(one.slide_logits[None], torch.tensor([1])),
+    )
+
+
+def test_top_k_attention_mass():
+    a = torch.tensor([[0.5, 0.1, 0.3, 0.1], [0.25, 0.25, 0.25, 0.25]])
+    torch.testing.assert_close(top_k_attention_mass(a, 2), torch.tensor([0.8, 0.5]))
+    torch.testing.assert_close(top_k_attention_mass(a[0], 10), torch.tensor(1.0))
+
+
+def test_bad_inputs_raise_clear_errors():
+    h, V, U, W, *_ = _weights(0, 6, 4, 3, 2, torch.float64)
+    logits = torch.randn(2, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="h must have shape"):
+        gated_attention_logits(h[0], V, U, W)
+    with pytest.raises(ValueError, match="U must have shape"):
+        gated_attention_logits(h, V, U[:, :3], W)
+    with pytest.raises(ValueError, match="W must have shape"):
+        gated_attention_logits(h, V, U, W[:, :2])
+    with pytest.raises(TypeError, match="one dtype"):
+        gated_attention_logits(h, V, U, W.float())
+    with pytest.raises(TypeError, match="k_top must be an integer"):
+        stkim_mask(logits, 2.5, 0.5)
+    with pytest.raises(ValueError, match="p .* must be in"):
+        stkim_mask(logits, 3, 1.5)
+    with pytest.raises(ValueError, match="p must be a finite number"):
+        stkim_mask(logits, 3, -0.1)
+    with pytest.raises(ValueError, match="would hide all"):
+        stkim_mask(logits, 10, 1.0)
+    with pytest.raises(TypeError, match="generator must be"):
+        stkim_mask(logits, 3, 0.5, generator=0)
+    with pytest.raises(TypeError, match="training must be a bool"):
+        stkim_mask(logits, 3, 0.5, training=0)
+    with pytest.raises(ValueError, match="must share N"):
+        multi_branch_pool(h[:5], logits)
+    with pytest.raises(ValueError, match="a must have shape"):
+        diversity_loss(logits[0])
+    with pytest.raises(ValueError, match="y must be a class index"):
+        acmil_loss(torch.randn(2, 3), torch.randn(3), torch.rand(2, 6), 3)
+    with pytest.raises(TypeError, match="y must be an integer"):
+        acmil_loss(torch.randn(2, 3), torch.randn(3), torch.rand(2, 6), 1.0)
+    with pytest.raises(ValueError, match="x must have shape"):
+        ACMIL(9, 7, 5)(torch.randn(4, 8))
+    with pytest.raises(ValueError, match="K must be >= 1"):
+        ACMIL(9, 7, 5, K=0)
+
+
+@on_devices_and_dtypes
+def test_created_tensors_follow_the_inputs(device, dtype):
+    h, V, U, W, b_V, b_U, b_W = (t.to(device, dtype) for t in _weights(0, 13, 4, 3, 3, torch.float64))
+    model = ACMIL(4, 5, 3, K=3).to(device, dtype)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with tensors_without_device_go_to_meta():
+        logits = gated_attention_logits(h, V, U, W, b_V, b_U, b_W)
+        masked = stkim_mask(logits, 10, 0.6, gen)
+        a, f, f_slide = multi_branch_pool(h, masked)
+        out = model(h, gen)
+        results = [logits, masked, a, f, f_slide, diversity_loss(a), diversity_loss(a[:1])]
+        results += [top_k_attention_mass(a), out.branch_logits, out.slide_logits, out.attention]
+        results.append(acmil_loss(out.branch_logits, out.slide_logits, out.attention, 1))
+    assert_follow(results, h.device, dtype)
+    assert stkim_select(logits, 10, 0.6, gen).device == h.device

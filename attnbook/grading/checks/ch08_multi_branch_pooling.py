@@ -1,44 +1,213 @@
-"""Chapter 08 checks: Multi-branch attention pooling.
+"""Chapter 08 checks: multi-branch attention pooling (ACMIL).
 
-Each @task grades one function of exercises/ch08_multi_branch_pooling.py on fresh random inputs against an
-independent reference. Each @mistake declares a common wrong answer once, with the hint a
-learner gets when their answer matches it; tests/exercises/test_ch08_multi_branch_pooling.py checks that
-every declared mistake fails its task and gets its own hint.
+The references are written here, independently of the learner's code and of
+attnbook.mechanisms.multi_branch_pooling: gated attention one instance and one branch at a time
+with Python floats; the diversity term as a loop over branch pairs; STKIM by its invariants
+(a random mask has no single right answer): the count, the top-K_top support, the kept logits,
+evaluation, reproducibility with the same generator and an independent draw per branch.
 
-SCAFFOLD: attention_weights is an example of the form; replace it with the chapter's exercises.
+The common mistakes (the @mistake declarations) live in ``ch08_multi_branch_pooling_mistakes.py``.
 """
+
+from __future__ import annotations
 
 import math
 
 import torch
 
-from ..core import CheckFailed, case, mistake, task
-from ..expect import describe, expect_close, fresh_generator
+from ..core import CheckFailed, case, task
+from ..expect import describe, expect_close, expect_tensor, expect_tuple, fresh_generator, fresh_seed
 
-# (B, N, M, d, dtype): N = 1, N != M, non-powers of two, both dtypes
-CASES = ((1, 1, 1, 4, torch.float64), (2, 3, 5, 8, torch.float32), (3, 7, 4, 6, torch.float64))
+HIDDEN = -1e9  # a logit at or below this counts as hidden (-inf, or the reference code's -1e9)
+
+# (K, N, L, D, dtype): one branch, one instance, odd sizes, both dtypes
+POOL_CASES = (
+    (1, 1, 3, 2, torch.float64),
+    (1, 9, 4, 5, torch.float32),
+    (5, 17, 6, 3, torch.float64),
+    (3, 8, 5, 7, torch.float32),
+)
+
+# (K, N, k_top, p, dtype): the defaults, a bag smaller than K_top, p = 0, p = 1, N = 1
+STKIM_CASES = (
+    (5, 40, 10, 0.6, torch.float32),
+    (3, 7, 10, 0.6, torch.float64),
+    (4, 12, 5, 0.5, torch.float64),
+    (2, 15, 4, 1.0, torch.float32),
+    (6, 25, 8, 0.0, torch.float64),
+    (1, 1, 10, 0.6, torch.float32),
+)
+
+DIVERSITY_CASES = ((2, 5, torch.float64), (5, 11, torch.float32), (7, 3, torch.float64))
 
 
-@task("ch08.attention_weights", points=1)
-def check_attention_weights(fn):
-    """softmax(q k^T / sqrt(d)) over the keys, any leading dims, N != M."""
+def _pool_reference(h, V, U, W):
+    """(a, f, f_slide) in float64, one instance and one branch at a time."""
+    N, L = h.shape
+    D, K = V.shape[0], W.shape[0]
+    h64, V64, U64, W64 = (t.double() for t in (h, V, U, W))
+    a = torch.empty(K, N, dtype=torch.float64)
+    for k in range(K):
+        logits = []
+        for i in range(N):
+            key = [
+                math.tanh(float(V64[d] @ h64[i])) / (1 + math.exp(-float(U64[d] @ h64[i]))) for d in range(D)
+            ]
+            # A_{k,i} = w_k^T (tanh(V h_i) ⊙ sigmoid(U h_i))
+            logits.append(sum(float(W64[k, d]) * key[d] for d in range(D)))
+        e = [math.exp(v - max(logits)) for v in logits]
+        a[k] = torch.tensor([v / sum(e) for v in e], dtype=torch.float64)
+    f = a @ h64
+    f_slide = a.mean(0) @ h64
+    return a.to(h.dtype), f.to(h.dtype), f_slide.to(h.dtype)
+
+
+@task("ch08.multi_branch_attention", points=2)
+def check_multi_branch_attention(fn):
+    """K gated-attention branches over shared keys, their features and the mean-attention feature."""
     g, _ = fresh_generator()
-    for B, N, M, d, dtype in CASES:
-        q = torch.randn(B, N, d, generator=g, dtype=dtype)
-        k = torch.randn(B, M, d, generator=g, dtype=dtype)
-        what = f"attention_weights({describe({'q': q, 'k': k, 'dtype': dtype})})"
-        with case():  # a sub-check: the task earns its points in proportion to the cases passed
-            q_before = q.clone()
-            answer = fn(q, k)
-            if not torch.equal(q, q_before):
-                raise CheckFailed(f"{what} changed its input q in place")
-            # the reference: exp of the scaled scores (minus the row maximum), normalised over the keys
-            scores = torch.einsum("bnd,bmd->bnm", q, k) / math.sqrt(d)
-            expected = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
-            expected = expected / expected.sum(dim=-1, keepdim=True)
-            expect_close(answer, expected, what=what)
+    for K, N, L, D, dtype in POOL_CASES:
+        h, V, U, W = (torch.randn(*s, generator=g, dtype=dtype) for s in ((N, L), (D, L), (D, L), (K, D)))
+        what = f"multi_branch_attention({describe({'K': K, 'N': N, 'L': L, 'D': D, 'dtype': dtype})})"
+        with case():
+            answer = expect_tuple(fn(h.clone(), V.clone(), U.clone(), W.clone()), ("a", "f", "f_slide"), what)
+            for name, got, expected in zip(("a", "f", "f_slide"), answer, _pool_reference(h, V, U, W)):
+                expect_close(
+                    got,
+                    expected,
+                    what=f"{name} of {what}",
+                    hint="keys κ_i = tanh(V h_i) ⊙ sigmoid(U h_i), logits A = W κ^T (K, N), a = softmax over "
+                    "the instances, f = a h, f_slide = mean_k(a_k) h",
+                )
 
 
-@mistake("ch08.attention_weights", "normalise over the keys (the last axis): each query's weights sum to one")
-def attention_weights_over_queries(q, k):
-    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-2)
+def _hidden(answer: torch.Tensor) -> torch.Tensor:
+    return answer <= HIDDEN
+
+
+def _check_one_mask(answer, logits, k_top, p, what):
+    """The invariants of one training-mode STKIM answer."""
+    K, N = logits.shape
+    # -inf is a hidden logit: clamp it so that only NaN or +inf count as non-finite
+    shown = (
+        answer.clamp_min(HIDDEN)
+        if isinstance(answer, torch.Tensor) and answer.is_floating_point()
+        else answer
+    )
+    expect_tensor(shown, shape=(K, N), dtype=logits.dtype, what=what)
+    hidden = _hidden(answer)
+    n = int(min(k_top, N) * p)
+    counts = hidden.sum(dim=1)
+    if (counts != n).any():
+        k = int((counts != n).nonzero()[0])
+        raise CheckFailed(
+            f"{what}: branch {k} hides {int(counts[k])} instances (a logit <= -1e9); expected exactly "
+            f"⌊min(K_top, N)·p⌋ = ⌊{min(k_top, N)}·{p}⌋ = {n} in every branch"
+        )
+    top = torch.topk(logits, min(k_top, N), dim=1).indices
+    for k in range(K):
+        outside = set(hidden[k].nonzero().flatten().tolist()) - set(top[k].tolist())
+        if outside:
+            raise CheckFailed(
+                f"{what}: branch {k} hides instance {min(outside)}, which is not among its "
+                f"{min(k_top, N)} largest logits"
+            )
+    kept = ~hidden
+    expect_close(
+        answer[kept],
+        logits[kept],
+        what=f"{what}, the kept logits",
+        hint="leave the logits of the kept instances unchanged: the softmax renormalises them",
+    )
+
+
+@task("ch08.stkim_mask", points=2)
+def check_stkim_mask(fn):
+    """STKIM: ⌊min(K_top, N)·p⌋ random instances of each branch's top K_top get -inf, in training only."""
+    g, _ = fresh_generator()
+    for K, N, k_top, p, dtype in STKIM_CASES:
+        logits = torch.randn(K, N, generator=g, dtype=dtype)
+        what = f"stkim_mask({describe({'K': K, 'N': N, 'k_top': k_top, 'p': p, 'dtype': dtype})})"
+        with case():
+            seed = fresh_seed()
+            before = logits.clone()
+            answer = fn(logits, k_top, p, torch.Generator().manual_seed(seed), True)
+            if not torch.equal(logits, before):
+                raise CheckFailed(f"{what} changed its input logits in place")
+            _check_one_mask(answer, logits, k_top, p, what)
+            again = fn(logits.clone(), k_top, p, torch.Generator().manual_seed(seed), True)
+            if not torch.equal(_hidden(again), _hidden(answer)):
+                raise CheckFailed(
+                    f"{what}: two calls with generators seeded alike hid different instances",
+                    hint="draw every random number from the given generator (generator=generator)",
+                )
+            evaluated = fn(logits.clone(), k_top, p, torch.Generator().manual_seed(seed), False)
+            expect_close(
+                evaluated,
+                logits,
+                what=f"{what} with training=False",
+                hint="with training=False return the logits unchanged",
+            )
+    # 300 equal branches: each must draw its own subset, each candidate hidden with probability p
+    K, N, k_top, p = 300, 20, 10, 0.6
+    row = torch.randn(1, N, generator=g, dtype=torch.float64)
+    logits = row.expand(K, N).contiguous()
+    what = f"stkim_mask({describe({'K': K, 'N': N, 'k_top': k_top, 'p': p})}) with {K} equal branches"
+    with case():
+        answer = fn(logits.clone(), k_top, p, torch.Generator().manual_seed(fresh_seed()), True)
+        _check_one_mask(answer, logits, k_top, p, what)
+        hidden = _hidden(answer)
+        subsets = {tuple(r.nonzero().flatten().tolist()) for r in hidden}
+        if len(subsets) < 30:
+            raise CheckFailed(f"{what}: the branches hid only {len(subsets)} distinct subsets")
+        top = torch.topk(row[0], k_top).indices
+        rate = hidden[:, top].double().mean(dim=0)
+        if (rate - p).abs().max() > 0.15:
+            raise CheckFailed(
+                f"{what}: the candidates were hidden at rates {rate.min():.2f} ... {rate.max():.2f}; "
+                f"a uniform draw hides each of the top {k_top} with probability {p}"
+            )
+
+
+def _diversity_reference(a):
+    K = a.shape[0]
+    a64 = a.detach().double()
+    pairs = [(j, k) for j in range(K) for k in range(j + 1, K)]
+    if not pairs:
+        return torch.zeros((), dtype=a.dtype)
+    cos = [
+        float(a64[j] @ a64[k]) / math.sqrt(float(a64[j] @ a64[j]) * float(a64[k] @ a64[k])) for j, k in pairs
+    ]
+    return torch.tensor(sum(cos) / len(cos), dtype=a.dtype)
+
+
+@task("ch08.diversity_loss", points=1)
+def check_diversity_loss(fn):
+    """The mean cosine similarity over branch pairs j < k: 0 for K = 1, 1 for identical branches."""
+    g, _ = fresh_generator()
+    inputs = []
+    for K, N, dtype in DIVERSITY_CASES:
+        inputs.append((f"K={K}, N={N}, {str(dtype)[6:]}", torch.rand(K, N, generator=g, dtype=dtype)))
+    one = torch.rand(1, 6, generator=g, dtype=torch.float64)
+    inputs.append(("identical branches", one.expand(4, 6).clone()))
+    disjoint = torch.zeros(3, 7, dtype=torch.float64)
+    disjoint[0, :2], disjoint[1, 2:5], disjoint[2, 5:] = 0.5, 1 / 3, 0.5
+    inputs.append(("disjoint branches", disjoint))
+    inputs.append(("K=1", torch.rand(1, 5, generator=g, dtype=torch.float64)))
+    for name, a in inputs:
+        a = a / a.sum(dim=1, keepdim=True)
+        what = f"diversity_loss({name})"
+        with case():
+            leaf = a.clone().requires_grad_(True)
+            answer = fn(leaf)
+            expect_close(
+                answer,
+                _diversity_reference(a),
+                what=what,
+                hint="average cos(a_j, a_k) = a_j·a_k / (|a_j| |a_k|) over the pairs j < k",
+            )
+            if a.shape[0] > 1 and not answer.requires_grad:
+                raise CheckFailed(f"{what}: the loss carries no gradient back to a (is it detached?)")
+            grad = torch.autograd.grad(answer, leaf, allow_unused=True)[0] if answer.requires_grad else None
+            if grad is not None and not torch.isfinite(grad).all():
+                raise CheckFailed(f"{what}: the gradient with respect to a has NaN or infinite entries")
