@@ -27,3 +27,26 @@ def relative_scores(q: Tensor, k: Tensor, r: Tensor, beta: Tensor, u: Tensor) ->
     positional = torch.einsum("bhnd,hnmd->bhnm", q, r_ij) + beta[:, rows]  # (B, H, N, M)
     content = (q + u[None, :, None, :]) @ k.transpose(-2, -1)  # (B, H, N, M)
     return (content + positional) / math.sqrt(d)
+
+
+def rel_shift(x: Tensor, M: int) -> Tensor:
+    N = x.shape[-2]
+    lead = x.shape[:-2]
+    # one zero column on the right, flattened: rows of width M + N
+    flat = F.pad(x, (0, 1)).reshape(*lead, N * (M + N))
+    # re-read rows of width M + N - 1 from element N - 1: row i then starts N - 1 - i columns later
+    skew = flat[..., N - 1 : N - 1 + N * (M + N - 1)].reshape(*lead, N, M + N - 1)
+    return skew[..., :M]
+
+
+def length_drop(variant: str, seed: int) -> float:
+    from attnbook.mechanisms.relative_convolutional import train_stream
+    from attnbook.tasks import markov_period
+
+    N = 16
+    model = train_stream(variant, seed, N=N, steps=60, D=16, H=2, lr=2e-2)
+    test = markov_period(400, 2 * N, generator=torch.Generator().manual_seed(1000 + seed))
+    with torch.no_grad():
+        correct = (model(test.tokens).argmax(-1) == test.targets).float()  # (400, 2N)
+    # accuracy on the training length minus accuracy beyond it
+    return correct[:, :N].mean().item() - correct[:, N:].mean().item()

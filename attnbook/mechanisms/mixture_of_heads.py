@@ -40,7 +40,17 @@ from torch import Tensor, nn
 from ..attention import MultiHeadAttention
 from ..validate import require_int, require_same_dtype_device, require_tensor
 
-__all__ = ["moh_routing", "moh_gates", "load_balance_loss", "MoHGate", "mixture_of_heads_attention"]
+__all__ = [
+    "moh_routing",
+    "moh_gates",
+    "load_balance_loss",
+    "MoHGate",
+    "RandomHeadGate",
+    "mixture_of_heads_attention",
+    "moh_transformer",
+    "train_typed_copy",
+    "typed_copy_accuracy",
+]
 
 
 def _check_router(x: Tensor, w_r: Tensor, w_s: Tensor | None, w_h: Tensor | None, k: object) -> int:
@@ -168,3 +178,132 @@ class MoHGate(nn.Module):
 def mixture_of_heads_attention(D: int, H: int, h_s: int, k: int, bias: bool = True) -> MultiHeadAttention:
     """Multi-head attention whose heads are gated per token by a zero-initialised :class:`MoHGate`."""
     return MultiHeadAttention(D, H, bias=bias, head_gate=MoHGate(D, H, h_s, k))
+
+
+class RandomHeadGate(nn.Module):
+    """The control: h_s shared heads always on, k routed heads drawn at random for every token.
+
+    The draw ignores the token (its content and its type) and nothing in it is learned; every
+    active head gets weight 1. Draws come from the gate's own generator, seeded at construction,
+    so a run repeats exactly. ``balance_loss`` is None (there is no router to balance).
+    """
+
+    def __init__(self, H: int, h_s: int, k: int, seed: int = 0):
+        super().__init__()
+        self.H, self.h_s = require_int(H, "H", minimum=1), require_int(h_s, "h_s", minimum=0)
+        self.k = require_int(k, "k", minimum=1)
+        if self.h_s + self.k > self.H:
+            raise ValueError(f"h_s + k must be at most H={H}, got {h_s} + {k}")
+        self.generator = torch.Generator().manual_seed(seed)
+        self.balance_loss: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        E = self.H - self.h_s
+        # k distinct routed heads per token, uniformly at random
+        top = torch.rand(B, N, E, generator=self.generator).argsort(dim=-1)[..., : self.k]  # (B, N, k)
+        routed = torch.zeros(B, N, E).scatter_(-1, top, 1.0)
+        return torch.cat([torch.ones(B, N, self.h_s), routed], dim=-1).to(x)  # (B, N, H)
+
+
+def moh_transformer(
+    vocab: int,
+    n_out: int,
+    N: int,
+    *,
+    D: int = 32,
+    H: int = 8,
+    h_s: int | None = None,
+    k: int | None = None,
+    random_routing: bool = False,
+    seed: int = 0,
+    mlp_ratio: int = 2,
+):
+    """One causal layer of TinyTransformer (learned positions, MLP) with MHA, MoH or random routing.
+
+    ``h_s = k = None`` gives plain multi-head attention; otherwise the layer's ``head_gate`` is a
+    zero-initialised :class:`MoHGate` (h_s shared, top-k routed), or :class:`RandomHeadGate` with
+    ``random_routing`` (seeded by ``seed``).
+    """
+    from ..models import ModelConfig, TinyTransformer
+
+    config = ModelConfig(D=D, H=H, layers=1, vocab=vocab, n_out=n_out, max_len=N, mlp_ratio=mlp_ratio)
+    if h_s is None:
+        return TinyTransformer(config)
+    gate = (lambda: RandomHeadGate(H, h_s, k, seed)) if random_routing else (lambda: MoHGate(D, H, h_s, k))
+    return TinyTransformer(config, attn=lambda cfg: MultiHeadAttention(cfg.D, cfg.H, head_gate=gate()))
+
+
+def train_typed_copy(
+    seed: int,
+    *,
+    h_s: int | None = None,
+    k: int | None = None,
+    random_routing: bool = False,
+    N: int = 12,
+    n_sym: int = 16,
+    D: int = 32,
+    H: int = 8,
+    steps: int = 120,
+    batch_size: int = 32,
+    lr: float = 2e-2,
+    lam: float = 0.01,
+):
+    r"""Train :func:`moh_transformer` on typed copies: cross-entropy + λ · L_bal; the chapter's recipe.
+
+    ``seed`` fixes the initial weights, the training batches and the random routing. Returns
+    (model, history), the history from :func:`attnbook.train.train`.
+    """
+    import torch.nn.functional as F
+
+    from ..tasks.typed_copy import IGNORE, typed_copy
+    from ..train import train
+
+    def loss_fn(model, batch):
+        logits = model(batch.tokens)  # (B, N, n_sym)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
+        balance = getattr(model.blocks[0].attn.head_gate, "balance_loss", None)
+        # L = L_task + λ · L_bal  (MoH only)
+        return loss if balance is None else loss + lam * balance
+
+    torch.manual_seed(seed)
+    model = moh_transformer(
+        4 * n_sym, n_sym, N, D=D, H=H, h_s=h_s, k=k, random_routing=random_routing, seed=seed
+    )
+    history = train(
+        model,
+        lambda step, g: typed_copy(batch_size, N, n_sym, g),
+        loss_fn,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        progress=False,
+    )
+    return model, history
+
+
+@torch.no_grad()
+def typed_copy_accuracy(model: nn.Module, batch) -> dict[str, Tensor | float]:
+    """Accuracy of ``model`` on a typed-copy batch, with what its attention layer routed.
+
+    Returns {"accuracy": float (positions with a source), "per_type": (4,) accuracy per type,
+    "load": (4, H) fraction of the tokens of each type whose gate on each head is non-zero
+    (all ones without a head gate), "balance": L_bal of the batch or nan}.
+    """
+    from ..tasks.typed_copy import IGNORE
+
+    model.eval()
+    logits, (record,) = model(batch.tokens, return_intermediates=True)
+    correct = (logits.argmax(-1) == batch.targets).float()  # (B, N)
+    has = batch.targets != IGNORE
+    per_type = torch.stack([correct[has & (batch.types == t)].mean() for t in range(4)])
+    H = record.heads.shape[1]
+    active = (record.gates != 0).float() if record.gates is not None else torch.ones(*batch.tokens.shape, H)
+    load = torch.stack([active[batch.types == t].mean(0) for t in range(4)])  # (4, H)
+    balance = getattr(model.blocks[0].attn.head_gate, "balance_loss", None)
+    return {
+        "accuracy": correct[has].mean().item(),
+        "per_type": per_type,
+        "load": load,
+        "balance": float("nan") if balance is None else balance.item(),
+    }

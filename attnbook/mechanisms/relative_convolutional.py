@@ -19,6 +19,10 @@ Start from causal multi-head attention, S_h = Q_h K_h^T / sqrt(d), and change tw
    KEY minus QUERY position (<= 0 for every key a causal query sees). The tables hold 2P
    offsets: offset delta sits at row P + delta.
 
+In the book's notation (book/notation.md) the taps are W_conv over w positions, r_h(j - p_i) is the
+relative key vector k^rel_h(p_i - j), beta_h(j - p_i) the relative bias b_h(p_i - j) and u_h the query
+bias b^q_h; the code keeps the official code's names and its key-minus-query row index P + j - p_i.
+
 The positional term q~_i . r_{j - p_i} is computed for every (query, offset) pair with one
 matrix product, then moved into (query, key) place by the shift trick (:func:`rel_shift`).
 
@@ -39,6 +43,10 @@ from attnbook.attention import MultiHeadAttention
 from attnbook.validate import require_int, require_same_dtype_device, require_tensor
 
 __all__ = [
+    "VARIANTS",
+    "stream_model",
+    "train_stream",
+    "stream_accuracy",
     "causal_dwconv",
     "rel_shift",
     "relative_position_term",
@@ -211,21 +219,101 @@ class RelativePositionScores(nn.Module):
         return scores + relative_position_term(q, k, self.r, self.beta, self.u)
 
 
-def rcmha(D: int, H: int, *, P: int = 256, kernel: int = 3, bias: bool = True) -> MultiHeadAttention:
+def rcmha(
+    D: int,
+    H: int,
+    *,
+    P: int = 256,
+    kernel: int = 3,
+    bias: bool = True,
+    conv: bool = True,
+    relative: bool = True,
+) -> MultiHeadAttention:
     """An RCMHA layer: MultiHeadAttention with the convolutions and the relative scores plugged in.
 
-    Call it with ``causal=True``. x (B, N, D) -> (B, N, D).
+    ``conv=False`` leaves out the convolutions (relative attention only, "RMHA"); ``relative=False``
+    leaves out the relative scores (convolutions only, "MDHA" with shared taps); both False is plain
+    MultiHeadAttention. Call it with ``causal=True``. x (B, N, D) -> (B, N, D).
     """
     D, H = require_int(D, "D", minimum=1), require_int(H, "H", minimum=1)
     if D % H:
         raise ValueError(f"D={D} must be a multiple of H={H}")
-    conv = CausalDepthwiseConv(D // H, kernel)
-    attn = MultiHeadAttention(
+    convolution = CausalDepthwiseConv(D // H, kernel) if conv else None
+    return MultiHeadAttention(
         D,
         H,
         bias,
-        qk_transform=conv,
-        score_mod=RelativePositionScores(H, D // H, P),
-        value_transform=conv.values,
+        qk_transform=convolution,
+        score_mod=RelativePositionScores(H, D // H, P) if relative else None,
+        value_transform=convolution.values if conv else None,
     )
-    return attn
+
+
+# ---------------------------------------------------------------------------------------------
+# The chapter's miniature: four variants of one tiny language model on a Markov + period stream.
+VARIANTS = {"MHA": (False, False), "conv": (True, False), "relative": (False, True), "RCMHA": (True, True)}
+
+
+def stream_model(variant: str, *, N: int, n_symbols: int = 8, D: int = 32, H: int = 4, layers: int = 1):
+    """A TinyTransformer for :func:`attnbook.tasks.markov_period` streams with one attention variant.
+
+    ``variant``: "MHA" (learned absolute positions for up to 2N tokens, plain attention), "conv"
+    (convolutions only, no positions), "relative" (relative scores only) or "RCMHA" (both).
+    """
+    from attnbook.models import ModelConfig, TinyTransformer
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    conv, relative = VARIANTS[variant]
+    config = ModelConfig(
+        D=D,
+        H=H,
+        layers=layers,
+        vocab=2 * n_symbols,
+        n_out=n_symbols,
+        max_len=2 * N if variant == "MHA" else 0,
+        mlp_ratio=2,
+    )
+    return TinyTransformer(config, attn=lambda c: rcmha(c.D, c.H, P=2 * N, conv=conv, relative=relative))
+
+
+def train_stream(
+    variant: str,
+    seed: int,
+    *,
+    N: int = 24,
+    n_symbols: int = 8,
+    period: int = 12,
+    steps: int = 120,
+    batch_size: int = 32,
+    lr: float = 1e-2,
+    D: int = 32,
+    H: int = 4,
+):
+    """Seed, build :func:`stream_model` and train it on next-symbol prediction; returns the model."""
+    from attnbook.tasks.markov_period import markov_period
+    from attnbook.train import train
+
+    torch.manual_seed(seed)
+    model = stream_model(variant, N=N, n_symbols=n_symbols, D=D, H=H)
+    train(
+        model,
+        lambda step, g: markov_period(batch_size, N, n_symbols, period, g),
+        lambda m, b: F.cross_entropy(m(b.tokens).flatten(0, 1), b.targets.flatten()),
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        progress=False,
+    )
+    return model
+
+
+def stream_accuracy(model: nn.Module, batch) -> dict[str, float]:
+    """Next-symbol accuracy of ``model`` on a markov_period batch: all targets, repeats, Markov steps."""
+    with torch.no_grad():
+        correct = (model(batch.tokens).argmax(-1) == batch.targets).float()  # (B, N)
+    return {
+        "all": correct.mean().item(),
+        "repeat": correct[batch.kind == 1].mean().item(),
+        "markov": correct[batch.kind == 0].mean().item(),
+    }

@@ -3,9 +3,11 @@
 from .associative_recall import RecallBatch, associative_recall
 from .drifting_layers import DriftBatch, drifting_layers
 from .linear_regression import RegressionPrompts, linear_regression_prompts
+from .markov_period import MarkovPeriodBatch, markov_period
 from .mixed_lookup import MixedLookupBatch, mixed_lookup
 from .permutation_invariant import SetRegression, permutation_invariant_task
 from .two_key_recall import TwoKeyBatch, two_key_recall
+from .typed_copy import TypedCopyBatch, typed_copy
 
 __all__ = [
     "RecallBatch",
@@ -20,4 +22,8 @@ __all__ = [
     "drifting_layers",  # ch. 03
     "MixedLookupBatch",
     "mixed_lookup",  # ch. 04
+    "MarkovPeriodBatch",
+    "markov_period",  # ch. 05
+    "TypedCopyBatch",
+    "typed_copy",  # ch. 07
 ]

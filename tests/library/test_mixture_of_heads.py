@@ -177,3 +177,22 @@ def test_bad_inputs_raise_clear_errors():
         load_balance_loss(torch.rand(4, 3), torch.ones(4, 3))
     with pytest.raises(ValueError, match="h_s must leave"):
         MoHGate(8, 4, 4, 1)
+
+
+def test_typed_copy_targets_follow_each_type_by_an_explicit_loop():
+    from attnbook.tasks.typed_copy import IGNORE, typed_copy
+
+    S, N = 7, 11
+    b = typed_copy(5, N, S, torch.Generator().manual_seed(0))
+    again = typed_copy(5, N, S, torch.Generator().manual_seed(0))
+    assert torch.equal(b.tokens, again.tokens) and torch.equal(b.targets, again.targets)
+    symbols, types = b.tokens % S, b.tokens // S
+    assert torch.equal(types, b.types) and int(types.max()) <= 3
+    for i in range(5):
+        for t in range(N):
+            source = {0: t - 1, 1: t - 2, 2: 0, 3: t - 4}[int(types[i, t])]
+            valid = source >= 0 and not (int(types[i, t]) == 2 and t == 0)
+            expected = int(symbols[i, source]) if valid else IGNORE
+            assert int(b.targets[i, t]) == expected
+    with pytest.raises(ValueError, match="N >= 5"):
+        typed_copy(2, 4, S)

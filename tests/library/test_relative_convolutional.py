@@ -212,3 +212,30 @@ def test_bad_inputs_raise_clear_errors():
         relative_scores(q, torch.randn(1, 2, 3, 5), r, beta, u)
     with pytest.raises(TypeError, match="beta"):
         relative_scores(q, torch.randn(1, 2, 3, 4), r, beta.long(), u)
+
+
+def test_the_variants_plug_the_pieces_into_the_core():
+    plain = rcmha(8, 2, conv=False, relative=False)
+    assert plain.qk_transform is None and plain.score_mod is None and plain.value_transform is None
+    conv_only, relative_only = rcmha(8, 2, relative=False), rcmha(8, 2, conv=False)
+    assert conv_only.score_mod is None and conv_only.value_transform is not None
+    assert relative_only.qk_transform is None and relative_only.score_mod is not None
+
+
+def test_markov_period_streams_repeat_and_flag_the_repeats():
+    from attnbook.tasks import markov_period
+
+    b = markov_period(50, 40, 8, 12, torch.Generator().manual_seed(0))
+    assert b.tokens.shape == b.targets.shape == b.kind.shape == (50, 40)
+    symbols = b.tokens % 8
+    # the target at t is the next symbol; the token's bit says the next symbol is a repeat
+    assert torch.equal(symbols[:, 1:], b.targets[:, :-1])
+    assert torch.equal(b.tokens // 8, b.kind)
+    i, t = torch.nonzero(b.kind, as_tuple=True)
+    assert len(t) > 0 and (t >= 11).all()
+    # a repeat target equals the symbol 11 tokens back from t (12 back from the target's position)
+    assert torch.equal(b.targets[i, t], symbols[i, t - 11])
+    # every 12th position from a phase per stream
+    for row in range(50):
+        pos = torch.nonzero(b.kind[row]).flatten()
+        assert ((pos[1:] - pos[:-1]) == 12).all()

@@ -2,16 +2,16 @@
 
 Each @task grades one function of exercises/ch05_relative_convolutional.py on fresh random inputs
 against an independent reference written here (explicit loops in float64, one token, one head,
-one (query, key) pair at a time; not attnbook.mechanisms.relative_convolutional). Each @mistake
-declares a common wrong answer once, with the hint a learner gets when their answer matches it.
+one (query, key) pair at a time; not attnbook.mechanisms.relative_convolutional). The common wrong
+answers are declared in the companion module ch05_relative_convolutional_mistakes.py.
 """
 
+import functools
 import math
 
 import torch
-import torch.nn.functional as F
 
-from ..core import CheckFailed, case, mistake, task
+from ..core import CheckFailed, case, task
 from ..expect import describe, expect_close, fresh_generator
 
 # (B, H, N, d, kernel, dtype): N = 1, N < kernel, odd d, kernel 1 and 5, both dtypes
@@ -103,30 +103,93 @@ def check_relative_scores(fn):
             expect_close(answer, _scores_reference(q, k, r, beta, u).to(dtype), what=what)
 
 
-@mistake(
-    "ch05.causal_dwconv",
-    "pad only on the left (k - 1 zeros before the first token): symmetric padding lets token t see t + 1",
-)
-def causal_dwconv_symmetric_padding(x, w, b):
-    B, H, N, d = x.shape
-    kernel = w.shape[1]
-    seq = x.reshape(B * H, N, d).transpose(1, 2)
-    # 'same' padding: the centre tap on the current token, half the taps on later tokens
-    out = F.conv1d(seq, w.flip(-1)[:, None, :], b, groups=d, padding=(kernel - 1) // 2)
-    return out[..., :N].transpose(1, 2).reshape(B, H, N, d)
+# (B, H, N, M): the shift trick on random per-offset scores, N = M, N = 1, N < M
+SHIFT_CASES = ((1, 1, 5, 8), (2, 3, 4, 4), (1, 2, 1, 3), (2, 1, 3, 7), (1, 1, 6, 6))
 
 
-@mistake(
-    "ch05.relative_scores",
-    "index the tables by the KEY minus the QUERY position (row P + j - p_i, p_i = i + M - N), not p_i - j",
-)
-def relative_scores_query_minus_key(q, k, r, beta, u):
-    return _scores_reference(q, k, r, beta, u, sign=-1).to(q.dtype)
+def _shift_reference(x, M):
+    """out[..., i, j] = x[..., i, (j - p_i) + M - 1], p_i = i + M - N: an explicit gather, entry by entry."""
+    N = x.shape[-2]
+    out = torch.empty(*x.shape[:-1], M, dtype=x.dtype)
+    for i in range(N):
+        p_i = i + M - N
+        for j in range(M):
+            out[..., i, j] = x[..., i, (j - p_i) + M - 1]
+    return out
 
 
-@mistake(
-    "ch05.relative_scores",
-    "u_h biases the content term (q_i + u_h) . k_j only; the positional term is q_i . r + beta, without u",
-)
-def relative_scores_u_on_positions(q, k, r, beta, u):
-    return _scores_reference(q, k, r, beta, u, u_on_positions=True).to(q.dtype)
+@task("ch05.rel_shift", points=1)
+def check_rel_shift(fn):
+    """The shift trick: per-offset scores (..., N, M + N - 1) into per-key place (..., N, M)."""
+    g, _ = fresh_generator()
+    for B, H, N, M in SHIFT_CASES:
+        x = torch.randn(B, H, N, M + N - 1, generator=g, dtype=torch.float64)
+        what = f"rel_shift(x of shape {tuple(x.shape)}, M={M})"
+        with case():
+            x_before = x.clone()
+            answer = fn(x, M)
+            if not torch.equal(x, x_before):
+                raise CheckFailed(f"{what} changed its input x in place")
+            expect_close(answer, _shift_reference(x, M), what=what, atol=0.0, rtol=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment: the chapter's miniature scaled down to about a second per model.
+RECIPE = dict(N=16, steps=60, D=16, H=2, lr=2e-2)
+TEST_SIZE = 400
+REFERENCE_SEEDS = (0, 1, 2)
+
+
+def reference_length_drop(variant: str, seed: int) -> float:
+    """Accuracy on positions < N minus positions >= N of 2N-token test streams, after training on N."""
+    from ...mechanisms.relative_convolutional import train_stream
+    from ...tasks.markov_period import markov_period
+
+    N = RECIPE["N"]
+    model = train_stream(variant, seed, **RECIPE)
+    test = markov_period(TEST_SIZE, 2 * N, generator=torch.Generator().manual_seed(1000 + seed))
+    with torch.no_grad():
+        correct = (model(test.tokens).argmax(-1) == test.targets).float()  # (B, 2N)
+    return correct[:, :N].mean().item() - correct[:, N:].mean().item()
+
+
+@functools.cache
+def _reference_drops(variant: str) -> tuple[float, ...]:
+    """The reference's drop over REFERENCE_SEEDS (cached: it trains models)."""
+    with torch.random.fork_rng(devices=[]):
+        return tuple(reference_length_drop(variant, s) for s in REFERENCE_SEEDS)
+
+
+def _accepted_range(variant: str) -> tuple[float, float, float, float]:
+    drops = torch.tensor(_reference_drops(variant), dtype=torch.float64)
+    mean, std = drops.mean().item(), drops.std().item()
+    half = max(4 * std, 0.08)  # mean ± 4 std over the seeds, at least ± 0.08 (3 seeds underestimate it)
+    return mean - half, mean + half, mean, std
+
+
+@task("ch05.length_drop", points=3, time_limit=60.0)
+def check_length_drop(fn):
+    """The learner's measured drop beyond the training length lies in the reference's range."""
+    gen, _ = fresh_generator()
+    seed = int(torch.randint(10, 1000, (1,), generator=gen))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models train fastest on one thread
+    try:
+        for variant in ("MHA", "relative"):
+            with case():
+                low, high, mean, std = _accepted_range(variant)
+                got = fn(variant, seed)
+                if isinstance(got, torch.Tensor) and got.numel() == 1:
+                    got = got.item()
+                if not isinstance(got, (float, int)) or isinstance(got, bool):
+                    raise CheckFailed(f"length_drop returned {type(got).__name__}; return a float")
+                if not low <= float(got) <= high:
+                    raise CheckFailed(
+                        f"length_drop({variant!r}, seed={seed}) = {float(got):.3f}, but the reference runs "
+                        f"give {mean:.3f} ± {std:.3f} over seeds {REFERENCE_SEEDS} "
+                        f"(accepted: {low:.3f} ... {high:.3f})",
+                        hint="follow the recipe in the docstring: train on N-token streams, test on 2N-token "
+                        "streams, and return accuracy(positions < N) - accuracy(positions >= N)",
+                    )
+    finally:
+        torch.set_num_threads(threads)

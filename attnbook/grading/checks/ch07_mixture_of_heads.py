@@ -9,6 +9,8 @@ The reference is written here, independently of attnbook.mechanisms.mixture_of_h
 at a time in float64, with torch.topk on that token's routed probabilities.
 """
 
+import functools
+
 import torch
 
 from ..core import CheckFailed, case, mistake, task
@@ -92,3 +94,200 @@ def moh_gates_top_k_over_shared(x, w_r, w_s, w_h, k):
 @mistake("ch07.moh_gates", "the router's softmax runs over the heads (the last axis), not over the tokens")
 def moh_gates_softmax_over_tokens(x, w_r, w_s, w_h, k):
     return _wrong_gates(x, w_r, w_s, w_h, k, token_softmax=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# ch07.load_balance_loss: L_bal = H_rt · Σ_j P_j f_j
+
+
+def _balance_reference(probs, selected):
+    p, f = probs.double(), selected.double()
+    T, E = p.shape
+    return E * sum(p[:, j].mean() * f[:, j].mean() for j in range(E))
+
+
+def _balance_inputs(gen, T, E, k, dtype):
+    logits = 2 * torch.randn(T, E, generator=gen, dtype=torch.float64)
+    probs = torch.softmax(logits, dim=-1).to(dtype)
+    top = probs.topk(k, dim=-1).indices
+    return probs, torch.zeros(T, E, dtype=torch.bool).scatter_(-1, top, True)
+
+
+@task("ch07.load_balance_loss", points=1)
+def check_load_balance_loss(fn):
+    """L_bal = H_rt Σ_j P_j f_j: uniform routing gives n_top, collapsed routing H_rt; gradient via p."""
+    g, _ = fresh_generator()
+    T, E, k = 12, 6, 2
+    with case():
+        uniform = torch.full((T, E), 1 / E, dtype=torch.float64)
+        spread = torch.zeros(T, E, dtype=torch.bool)
+        for t in range(T):  # a different pair of heads per token: every head equally loaded
+            spread[t, [t % E, (t + 1) % E]] = True
+        expect_close(
+            fn(uniform, spread),
+            torch.tensor(float(k), dtype=torch.float64),
+            what="load_balance_loss(uniform p, balanced selection)",
+            check_dtype=False,
+        )
+    with case():
+        collapsed = torch.zeros(T, E, dtype=torch.float64)
+        collapsed[:, :k] = 1 / k
+        same = torch.zeros(T, E, dtype=torch.bool)
+        same[:, :k] = True
+        expect_close(
+            fn(collapsed, same),
+            torch.tensor(float(E), dtype=torch.float64),
+            what="load_balance_loss(every token on the same k heads)",
+            check_dtype=False,
+        )
+    for T, E, k, dtype in ((7, 4, 1, torch.float32), (20, 6, 3, torch.float64)):
+        with case():
+            probs, selected = _balance_inputs(g, T, E, k, dtype)
+            probs = probs.requires_grad_()
+            what = f"load_balance_loss({describe({'T': T, 'E': E, 'k': k, 'dtype': dtype})})"
+            answer = fn(probs, selected)
+            expect_tensor(answer, shape=(), dtype=dtype, what=what)
+            expect_close(answer, _balance_reference(probs.detach(), selected).to(dtype), what=what)
+            if not answer.requires_grad:
+                raise CheckFailed(
+                    f"{what} has no gradient: the router learns from L_bal through p", hint=BALANCE_PROBS_HINT
+                )
+            (grad,) = torch.autograd.grad(answer, probs)
+            # dL/dp_tj = E · f_j / T
+            expect_close(
+                grad,
+                (E * selected.to(dtype).mean(0) / T).expand(T, E),
+                what=f"the gradient of {what} with respect to probs",
+                hint=BALANCE_PROBS_HINT,
+            )
+
+
+BALANCE_PROBS_HINT = (
+    "P_h averages the router probabilities g̃ (the differentiable part), not the 0/1 selection"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# ch07.gated_heads: Σ_h g_ih O_h W_O^h + b_O, causal
+
+
+def _gated_reference(x, w_q, w_k, w_v, w_o, b_o, gates):
+    """One head at a time in float64: O_h = softmax(Q_h K_h^T / sqrt(d) + causal) V_h, then the sum."""
+    dtype, x = x.dtype, x.double()
+    B, N, D = x.shape
+    H = gates.shape[-1]
+    d = D // H
+    out = b_o.double().expand(B, N, D).clone()
+    hidden = torch.ones(N, N, dtype=torch.bool).triu(1)
+    for h in range(H):
+        rows = slice(h * d, (h + 1) * d)
+        q, k, v = (x @ w[rows].double().T for w in (w_q, w_k, w_v))  # (B, N, d)
+        s = (q @ k.transpose(1, 2) / d**0.5).masked_fill(hidden, float("-inf"))
+        o = torch.softmax(s, dim=-1) @ v  # (B, N, d)
+        out = out + gates[..., h : h + 1].double() * (o @ w_o[:, rows].double().T)
+    return out.to(dtype)
+
+
+GATED_CASES = ((1, 1, 4, 2, torch.float64), (2, 6, 12, 4, torch.float32), (3, 5, 15, 5, torch.float64))
+
+
+def _gated_inputs(gen, B, N, D, H, dtype, sparse=True):
+    x = torch.randn(B, N, D, generator=gen, dtype=dtype)
+    w_q, w_k, w_v, w_o = (torch.randn(D, D, generator=gen, dtype=dtype) / D**0.5 for _ in range(4))
+    b_o = torch.randn(D, generator=gen, dtype=dtype)
+    gates = 2 * torch.rand(B, N, H, generator=gen, dtype=dtype)
+    if sparse:
+        gates = gates * (torch.rand(B, N, H, generator=gen) < 0.5)
+    return x, w_q, w_k, w_v, w_o, b_o, gates
+
+
+@task("ch07.gated_heads", points=3)
+def check_gated_heads(fn):
+    """Causal MHA in the sum-over-heads form, head h's term at query i scaled by g_ih; (B, N, D)."""
+    g, _ = fresh_generator()
+    for B, N, D, H, dtype in GATED_CASES:
+        args = _gated_inputs(g, B, N, D, H, dtype)
+        what = f"gated_heads({describe({'B': B, 'N': N, 'D': D, 'H': H, 'dtype': dtype})})"
+        with case():
+            answer = fn(*(a.clone() for a in args))
+            expect_tensor(answer, shape=(B, N, D), dtype=dtype, what=what)
+            expect_close(answer, _gated_reference(*args), what=what)
+    with case():  # all gates 1: plain causal multi-head attention
+        x, w_q, w_k, w_v, w_o, b_o, gates = _gated_inputs(g, 2, 4, 8, 2, torch.float64)
+        ones = torch.ones_like(gates)
+        expect_close(
+            fn(x, w_q, w_k, w_v, w_o, b_o, ones),
+            _gated_reference(x, w_q, w_k, w_v, w_o, b_o, ones),
+            what="gated_heads with every gate 1 (plain causal MHA)",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# ch07.head_load: fraction of the tokens of each type that activate each head
+
+
+@task("ch07.head_load", points=1)
+def check_head_load(fn):
+    """(n_types, H): for each type, the fraction of its tokens whose gate on each head is non-zero."""
+    g, _ = fresh_generator()
+    for B, N, H, n_types, dtype in ((1, 6, 3, 2, torch.float32), (4, 9, 8, 4, torch.float64)):
+        gates = torch.rand(B, N, H, generator=g, dtype=dtype) * (torch.rand(B, N, H, generator=g) < 0.4)
+        types = torch.arange(B * N).reshape(B, N) % n_types  # every type present
+        types = types.flatten()[torch.randperm(B * N, generator=g)].reshape(B, N)
+        expected = torch.stack([(gates[types == t] != 0).double().mean(0) for t in range(n_types)])
+        what = f"head_load({describe({'B': B, 'N': N, 'H': H, 'n_types': n_types})})"
+        with case():
+            answer = fn(gates, types, n_types)
+            expect_tensor(answer, shape=(n_types, H), dtype=dtype, what=what)
+            expect_close(answer, expected.to(dtype), what=what)
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment: the chapter's recipe, scaled down to about a second per model.
+RECIPE = dict(N=12, n_sym=8, D=32, H=8, steps=60, batch_size=32, lr=1e-2)
+REFERENCE_SEEDS = (0, 1, 2)
+LEARNER_SEED = 7
+EXPERIMENT_ARMS = ((2, 2), (0, 1))  # (h_s, k): MoH-50 % and one routed head of eight
+
+
+@functools.cache
+def _reference_accuracies(h_s: int, k: int) -> tuple[float, ...]:
+    """The recipe's test accuracy over REFERENCE_SEEDS (cached: it trains models)."""
+    from ...mechanisms.mixture_of_heads import train_typed_copy, typed_copy_accuracy
+    from ...tasks.typed_copy import typed_copy
+
+    test = typed_copy(500, RECIPE["N"], RECIPE["n_sym"], torch.Generator().manual_seed(1000))
+    with torch.random.fork_rng(devices=[]):
+        return tuple(
+            typed_copy_accuracy(train_typed_copy(s, h_s=h_s, k=k, **RECIPE)[0], test)["accuracy"]
+            for s in REFERENCE_SEEDS
+        )
+
+
+@task("ch07.moh_accuracy", points=2, time_limit=60.0)
+def check_moh_accuracy(fn):
+    """The learner's measured accuracy for two (h_s, k) lies in the range the reference runs give."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models train fastest on one thread
+    try:
+        for h_s, k in EXPERIMENT_ARMS:
+            with case():
+                accs = torch.tensor(_reference_accuracies(h_s, k), dtype=torch.float64)
+                mean, std = accs.mean().item(), accs.std().item()
+                half = max(4 * std, 0.05)  # mean ± 4 std over the seeds, at least ± 0.05
+                got = fn(h_s, k, LEARNER_SEED)
+                if isinstance(got, torch.Tensor) and got.numel() == 1:
+                    got = got.item()
+                if not isinstance(got, (float, int)) or isinstance(got, bool):
+                    raise CheckFailed(f"moh_accuracy returned {type(got).__name__}; return a float")
+                if not mean - half <= float(got) <= mean + half:
+                    raise CheckFailed(
+                        f"moh_accuracy(h_s={h_s}, k={k}, seed={LEARNER_SEED}) = {float(got):.3f}, but the "
+                        f"reference runs give {mean:.3f} ± {std:.3f} over seeds {REFERENCE_SEEDS} "
+                        f"(accepted: {mean - half:.3f} ... {mean + half:.3f})",
+                        hint="follow the recipe in the docstring (λ = 0.01 on L_bal, h_s and k passed on) "
+                        "and "
+                        "return the accuracy over the positions that have a source (targets != -100)",
+                    )
+    finally:
+        torch.set_num_threads(threads)
