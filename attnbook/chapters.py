@@ -345,7 +345,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="retrieval score, needle in a haystack",
         paper="Retrieval Head 2024",
         status="draft",
-        checks=("ch12.attention_weights",),
+        checks=("ch12.retrieval_score", "ch12.ablated_attention"),
         bib_keys=("wu2024retrieval",),
     ),
     Chapter(

@@ -1,70 +1,363 @@
-"""Chapter 12 · Retrieval heads.
+r"""Retrieval heads: a copy-paste score per head, and the query-masking ablation.
 
-The mechanism: retrieval score, needle in a haystack (Retrieval Head 2024).
+Derivation (chapter 12). Nothing in the forward pass changes. Chapter 00 wrote multi-head
+attention as a sum over heads; for layer l and the query at position i,
 
-SCAFFOLD: derive the mechanism here as the chapter does, from chapter 00's notation
-(S = Q K^T / sqrt(d), A = softmax(S) over the keys, out = sum_h A_h V_h W_O^h), changing one
-thing at a time; then write its functional form (a pure function of tensors, shapes in the
-docstring, the equation in a comment above the line that computes it) and, when it has
-parameters, a small nn.Module using it.
+    MHA_l(X)_i = Σ_h a_{l,h,i} V_{l,h} W_O^{l,h},
+    a_{l,h,i}  = softmax(q_{l,h,i} K_{l,h}^T / sqrt(d) + causal),
 
-Most mechanisms are multi-head attention with one thing changed. Plug that one thing into
-attnbook.attention.MultiHeadAttention instead of copying its skeleton:
+so each head's row a_{l,h,i} says where head (l, h) reads from. Wu et al. (2024) turn that row
+into a diagnostic. A prompt x_0 ... x_{N-1} holds a needle span [s, e); the model decodes
+greedily, emitting w_t at step t. Head (l, h) *copy-pastes* at step t when its most attended
+key j* = argmax_j a_{l,h,t}[j] lies in the span AND holds the emitted token:
 
-    qk_transform(q, k, pos_q, pos_k) -> (q, k)   rotate/convolve queries and keys  (B, H, ., d)
-    score_mod(scores, q, k) -> scores            add a bias or change the scores   (B, H, N, M)
-    mask_mod(N, M, device) -> mask               hide keys, or add to the scores   (N, M)
-    head_gate(x) -> gates                        weight each head per query token  (B, N, H)
-    value_transform(v) -> v                      change the value path             (B, H, M, d)
-    head_transform(z) -> z                       edit head outputs before W_O      (B, H, N, d)
+    copy_{l,h,t} = [s <= j* < e] · [x_{j*} = w_t]          (ties: the first maximal j)
+    RS_{l,h}     = Σ_t copy_{l,h,t} / (e - s)               (one trial)
 
-and build the chapter's model as TinyTransformer(config, attn=...). A mechanism that is a
-different computation (pooling, search, a kernel) stands alone and says why.
+and a trial counts only when the model's answer was correct (wrong trials add nothing; the
+mean runs over the correct trials). A token equal to w_t OUTSIDE the span does not count: in
+a haystack the same token recurs.
+
+The causal test masks heads. In the paper's code a masked head's QUERY is set to 0 (the
+FlashAttention path), so its scores are all 0 and its attention is uniform over the visible
+keys: the head's output becomes the running mean of V, not zero,
+
+    q_{l,h,i} = 0  =>  a_{l,h,i}[j] = 1 / (p_i + 1) for j <= p_i,   out_{h,i} = mean_{j <= p_i} v_{h,j}.
+
+Zeroing the query BEFORE the causal mask keeps the future hidden; overwriting the scores with 0
+after the mask was added (the code's eager path) lets a prefill query see every key.
+
+The mask is a ``qk_transform`` of :class:`~attnbook.attention.MultiHeadAttention`
+(:class:`HeadQueryMask`), so the chapter's model is ``TinyTransformer(config, attn=...)``; the
+score is an analysis of the attention weights that the core returns with
+``return_intermediates=True``, a plain function of tensors.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []  # SCAFFOLD: the public functions and modules, once written
+from collections.abc import Sequence
 
-# SCAFFOLD: the shape a mechanism usually takes, shown on a learned distance bias on the
-# scores (replace it with the chapter's own):
-#
-# import torch
-# from torch import Tensor, nn
-#
-# from attnbook.attention import MultiHeadAttention
-# from attnbook.masks import query_positions
-# from attnbook.models import ModelConfig, TinyTransformer
-#
-#
-# def distance_bias(scores: Tensor, slopes: Tensor) -> Tensor:
-#     """Subtract slope_h * |p_i - j| from the scores.
-#
-#     Args:
-#         scores: (B, H, N, M) scaled scores; the N queries are the last N of M positions.
-#         slopes: (H,) one slope per head.
-#     Returns:
-#         (B, H, N, M) scores, same dtype and device.
-#     """
-#     N, M = scores.shape[-2:]
-#     # |p_i - j| with p_i = i + M - N
-#     distance = (query_positions(N, M, device=scores.device)[:, None]
-#                 - torch.arange(M, device=scores.device)).abs()                # (N, M)
-#     # S'_hij = S_hij - m_h |p_i - j|
-#     return scores - slopes.to(scores.dtype)[:, None, None] * distance          # (B, H, N, M)
-#
-#
-# class DistanceBias(nn.Module):
-#     """A score_mod with one learned slope per head."""
-#
-#     def __init__(self, H: int):
-#         super().__init__()
-#         self.slopes = nn.Parameter(torch.zeros(H))
-#
-#     def forward(self, scores: Tensor, q: Tensor, k: Tensor) -> Tensor:
-#         return distance_bias(scores, self.slopes)
-#
-#
-# config = ModelConfig(D=32, H=4, vocab=16)
-# model = TinyTransformer(config, attn=lambda cfg: MultiHeadAttention(cfg.D, cfg.H,
-#                                                                    score_mod=DistanceBias(cfg.H)))
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..attention import MultiHeadAttention, scaled_dot_product_attention
+from ..models import ModelConfig, TinyTransformer
+from ..tasks.associative_recall import RecallBatch, associative_recall
+from ..train import train
+from ..validate import check_qkv, require_int, require_tensor
+
+__all__ = [
+    "retrieval_score",
+    "retrieval_scores",
+    "mean_retrieval_score",
+    "chance_corrected",
+    "mask_queries",
+    "ablated_attention",
+    "HeadQueryMask",
+    "retrieval_transformer",
+    "set_masked_heads",
+    "recall_prompts",
+    "answer_step",
+    "head_order",
+    "masking_curve",
+    "train_recall",
+]
+
+MODES = ("uniform", "zero")
+ORDERS = ("top", "bottom", "random")
+
+
+def _require_ids(x: object, name: str, ndim: int, shape: str) -> Tensor:
+    x = require_tensor(x, name, ndim=ndim, shape=shape)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got {x.dtype}")
+    return x
+
+
+def retrieval_scores(
+    attn: Tensor, prompt_ids: Tensor, gen_ids: Tensor, spans: Tensor, correct: Tensor
+) -> Tensor:
+    r"""The retrieval score of every head in each of T trials (the batched form).
+
+    Args:
+        attn: (T, S, L, H, M) attention rows of every head at the S decoding steps; key
+            positions 0 ... N-1 are the prompt, positions >= N (generated tokens, or padding
+            with weight 0) can never be in the span. Any floating dtype.
+        prompt_ids: (T, N) integer token ids of the prompts, N <= M.
+        gen_ids: (T, S) integer ids of the emitted tokens w_t.
+        spans: (T, 2) integer [s, e) of each needle, 0 <= s < e <= N.
+        correct: (T,) bool, whether each trial's answer was right.
+    Returns:
+        (T, L, H) scores in [0, 1], float32 (float64 for float64 attn), on attn's device; the
+        rows of wrong trials are 0. Ties in a row go to the first maximal key (torch.argmax).
+    """
+    attn = require_tensor(attn, "attn", ndim=5, floating=True, shape="(T, S, L, H, M)")
+    T, S, _, _, M = attn.shape
+    prompt_ids = _require_ids(prompt_ids, "prompt_ids", 2, "(T, N)")
+    gen_ids = _require_ids(gen_ids, "gen_ids", 2, "(T, S)")
+    spans = _require_ids(spans, "spans", 2, "(T, 2)")
+    correct = require_tensor(correct, "correct", ndim=1, shape="(T,)")
+    N = prompt_ids.shape[1]
+    if prompt_ids.shape[0] != T or gen_ids.shape != (T, S) or spans.shape != (T, 2) or correct.shape != (T,):
+        raise ValueError(
+            f"for attn (T={T}, S={S}, ...) expected prompt_ids (T, N), gen_ids (T, S), spans (T, 2) and "
+            f"correct (T,), got {tuple(prompt_ids.shape)}, {tuple(gen_ids.shape)}, {tuple(spans.shape)} "
+            f"and {tuple(correct.shape)}"
+        )
+    if correct.dtype != torch.bool:
+        raise TypeError(f"correct must be a boolean tensor, got {correct.dtype}")
+    if N > M:
+        raise ValueError(f"attn covers M={M} keys, fewer than the prompt's N={N} tokens")
+    start, end = spans[:, 0], spans[:, 1]  # (T,)
+    if (start < 0).any() or (end <= start).any() or (end > N).any():
+        raise ValueError(f"every span [s, e) needs 0 <= s < e <= N={N}, got {spans.tolist()}")
+    dtype = torch.promote_types(attn.dtype, torch.float32)
+    # j*_{t,l,h} = argmax_j a_{l,h,t}[j]   (the first maximal j on ties)
+    top = attn.argmax(dim=-1)  # (T, S, L, H)
+    # [s <= j* < e]
+    inside = (top >= start[:, None, None, None]) & (top < end[:, None, None, None])  # (T, S, L, H)
+    # x_{j*}: the prompt token at j* (j* >= N lies outside the span; clamp only to index)
+    attended = torch.gather(prompt_ids, 1, top.clamp(max=N - 1).flatten(1)).view_as(top)  # (T, S, L, H)
+    # copy_{l,h,t} = [s <= j* < e] · [x_{j*} = w_t]
+    copy = inside & (attended == gen_ids[:, :, None, None])  # (T, S, L, H)
+    # RS_{l,h} = Σ_t copy_{l,h,t} / (e - s), and 0 for a wrong trial
+    score = copy.sum(dim=1).to(dtype) / (end - start).to(dtype)[:, None, None]  # (T, L, H)
+    return score * correct.to(dtype)[:, None, None]
+
+
+def retrieval_score(
+    attn: Tensor, prompt_ids: Tensor, gen_ids: Tensor, span: tuple[int, int], correct: bool = True
+) -> Tensor:
+    r"""The retrieval score of every head in one trial: Σ_t copy_{l,h,t} / (e - s).
+
+    Args:
+        attn: (S, L, H, M) attention rows at the S decoding steps (M >= N; see
+            :func:`retrieval_scores`).
+        prompt_ids: (N,) integer token ids of the prompt.
+        gen_ids: (S,) integer ids of the emitted tokens.
+        span: (s, e), the needle's positions [s, e) in the prompt.
+        correct: whether the answer was right; False gives zeros.
+    Returns:
+        (L, H) scores in [0, 1] (float32, or float64 for float64 attn).
+    """
+    attn = require_tensor(attn, "attn", ndim=4, floating=True, shape="(S, L, H, M)")
+    if not isinstance(span, Sequence) or len(span) != 2:
+        raise TypeError(f"span must be a pair (s, e) of integers, got {span!r}")
+    s, e = require_int(span[0], "span[0]"), require_int(span[1], "span[1]")
+    if not isinstance(correct, bool):
+        raise TypeError(f"correct must be a bool, got {type(correct).__name__}")
+    device = attn.device
+    spans = torch.tensor([[s, e]], device=device)  # (1, 2)
+    flag = torch.tensor([correct], device=device)  # (1,)
+    prompt_ids = _require_ids(prompt_ids, "prompt_ids", 1, "(N,)")
+    gen_ids = _require_ids(gen_ids, "gen_ids", 1, "(S,)")
+    return retrieval_scores(attn[None], prompt_ids[None], gen_ids[None], spans, flag)[0]  # (L, H)
+
+
+def mean_retrieval_score(scores: Tensor, correct: Tensor) -> Tensor:
+    r"""Mean of per-trial scores over the CORRECT trials only: (T, L, H), (T,) -> (L, H)."""
+    scores = require_tensor(scores, "scores", ndim=3, floating=True, shape="(T, L, H)")
+    correct = require_tensor(correct, "correct", ndim=1, shape="(T,)")
+    if correct.dtype != torch.bool or correct.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"correct must be a boolean (T={scores.shape[0]},) tensor, got {correct.dtype} "
+            f"{tuple(correct.shape)}"
+        )
+    if not correct.any():
+        raise ValueError("no trial is correct: the retrieval score is defined over correct trials only")
+    # RS = (1 / #correct) Σ_{correct trials} RS_trial
+    return scores[correct].mean(dim=0)  # (L, H)
+
+
+def chance_corrected(score: Tensor, chance: float) -> Tensor:
+    r"""(RS - c) / (1 - c): 0 at the chance level c, 1 for a perfect copy head."""
+    score = require_tensor(score, "score", floating=True)
+    if not 0 <= chance < 1:
+        raise ValueError(f"chance must lie in [0, 1), got {chance}")
+    return (score - chance) / (1 - chance)
+
+
+def _check_heads(heads: object, H: int, name: str) -> Tensor:
+    heads = require_tensor(heads, name, ndim=1, shape=f"(H={H},)")
+    if heads.dtype != torch.bool or heads.shape[0] != H:
+        raise ValueError(f"{name} must be a boolean (H={H},) tensor, got {heads.dtype} {tuple(heads.shape)}")
+    return heads
+
+
+def mask_queries(q: Tensor, heads: Tensor, pos_q: Tensor | None = None, from_position: int = 0) -> Tensor:
+    r"""Set the queries of the masked heads to 0 at positions p >= from_position.
+
+    Args:
+        q: (B, H, N, d) queries.
+        heads: (H,) bool, True for a masked head.
+        pos_q: (N,) positions of the queries (default 0 ... N-1).
+        from_position: mask only queries at p_i >= from_position (the decoding steps, when the
+            prompt is prefilled unmasked as in the paper's code); 0 masks every query.
+    Returns:
+        (B, H, N, d), q's dtype and device; q itself is not changed.
+    """
+    q = require_tensor(q, "q", ndim=4, floating=True, shape="(B, H, N, d)")
+    heads = _check_heads(heads, q.shape[1], "heads")
+    from_position = require_int(from_position, "from_position", minimum=0)
+    pos_q = torch.arange(q.shape[2], device=q.device) if pos_q is None else pos_q
+    # masked where head h is masked and p_i >= from_position
+    hidden = heads.to(q.device)[:, None] & (pos_q.to(q.device) >= from_position)[None, :]  # (H, N)
+    # q'_{h,i} = 0 there, q_{h,i} elsewhere
+    return q.masked_fill(hidden[None, :, :, None], 0.0)  # (B, H, N, d)
+
+
+def ablated_attention(
+    q: Tensor, k: Tensor, v: Tensor, ablate: Tensor, mode: str = "uniform", *, causal: bool = True
+) -> tuple[Tensor, Tensor]:
+    r"""Attention with some heads ablated: "uniform" zeroes their queries, "zero" their outputs.
+
+    Args:
+        q: (B, H, N, d); k, v: (B, H, M, d), queries the last N of M positions.
+        ablate: (H,) bool, True for an ablated head.
+        mode: "uniform" (q = 0: uniform weights over the visible keys, the output a running
+            mean of V, the paper's masking) or "zero" (the head's output and weights set to 0).
+        causal: hide future keys.
+    Returns:
+        out (B, H, N, d) and weights (B, H, N, M).
+    """
+    check_qkv(q, k, v)
+    require_tensor(q, "q", ndim=4, shape="(B, H, N, d)")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    ablate = _check_heads(ablate, q.shape[1], "ablate")
+    if mode == "uniform":
+        # S_h = 0 · K_h^T = 0 before the causal mask: a_h[i, j] = 1/(p_i + 1) for j <= p_i
+        return scaled_dot_product_attention(mask_queries(q, ablate), k, v, causal=causal)
+    out, weights = scaled_dot_product_attention(q, k, v, causal=causal)
+    keep = (~ablate.to(q.device)).to(q.dtype)[None, :, None, None]  # (1, H, 1, 1)
+    # z_h = 0 for an ablated head
+    return out * keep, weights * keep
+
+
+class HeadQueryMask(nn.Module):
+    r"""A ``qk_transform`` that zeroes the queries of chosen heads (all heads kept by default).
+
+    ``heads`` (H,) bool buffer, True for a masked head; ``from_position``: mask queries at
+    positions >= from_position only (0: every query).
+    """
+
+    def __init__(self, H: int):
+        super().__init__()
+        self.register_buffer("heads", torch.zeros(require_int(H, "H", minimum=1), dtype=torch.bool))
+        self.from_position = 0
+
+    def forward(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.heads.any():
+            return q, k  # nothing masked: the unchanged layer
+        return mask_queries(q, self.heads, pos_q, self.from_position), k
+
+
+def retrieval_transformer(config: ModelConfig) -> TinyTransformer:
+    """TinyTransformer whose every attention layer carries a :class:`HeadQueryMask`."""
+    return TinyTransformer(
+        config, attn=lambda cfg: MultiHeadAttention(cfg.D, cfg.H, qk_transform=HeadQueryMask(cfg.H))
+    )
+
+
+def set_masked_heads(model: TinyTransformer, masked: Tensor, from_position: int = 0) -> None:
+    """Mask the heads where ``masked`` (L, H) is True (all False unmasks every head)."""
+    L, H = len(model.blocks), model.config.H
+    masked = require_tensor(masked, "masked", ndim=2, shape=f"(L={L}, H={H})")
+    if masked.dtype != torch.bool or tuple(masked.shape) != (L, H):
+        raise ValueError(
+            f"masked must be a boolean (L={L}, H={H}) tensor, got {masked.dtype} {tuple(masked.shape)}"
+        )
+    for block, row in zip(model.blocks, masked, strict=True):
+        mask = block.attn.qk_transform
+        if not isinstance(mask, HeadQueryMask):
+            raise TypeError("the model's attention layers need a HeadQueryMask (use retrieval_transformer)")
+        mask.heads.copy_(row)
+        mask.from_position = require_int(from_position, "from_position", minimum=0)
+
+
+def recall_prompts(batch: RecallBatch, n_keys: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Associative recall as a one-token needle in a haystack.
+
+    Tokens: k_1 v_1 k_2 v_2 ... k_n v_n q, keys 0 ... n_keys-1, value v as token n_keys + v.
+    Returns tokens (B, 2n + 1), answers (B,) (the query's value token) and spans (B, 2): the
+    answer's position [2p + 1, 2p + 2) (the needle, one token).
+    """
+    B, n = batch.keys.shape
+    tokens = torch.stack([batch.keys, batch.values + n_keys], dim=-1).reshape(B, 2 * n)  # (B, 2n)
+    tokens = torch.cat([tokens, batch.query[:, None]], dim=1)  # (B, 2n + 1)
+    start = 2 * batch.position + 1  # (B,)
+    return tokens, batch.target + n_keys, torch.stack([start, start + 1], dim=-1)
+
+
+def answer_step(model: TinyTransformer, tokens: Tensor, answers: Tensor, spans: Tensor):
+    r"""One greedy step at the last position: (accuracy, per-trial scores (T, L, H), correct (T,))."""
+    with torch.no_grad():
+        logits, inters = model(tokens, return_intermediates=True)
+    emitted = logits[:, -1].argmax(-1)  # (T,)
+    correct = emitted == answers  # (T,)
+    rows = torch.stack([i.weights[:, :, -1] for i in inters], dim=1)  # (T, L, H, N)
+    scores = retrieval_scores(rows[:, None], tokens, emitted[:, None], spans, correct)
+    return correct.float().mean().item(), scores, correct
+
+
+def head_order(scores: Tensor, order: str = "top", generator: torch.Generator | None = None) -> list:
+    """Heads (l, h) sorted by score: "top" (highest first), "bottom" (lowest first) or "random"."""
+    scores = require_tensor(scores, "scores", ndim=2, floating=True, shape="(L, H)")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    L, H = scores.shape
+    flat = scores.flatten().cpu()
+    if order == "random":
+        index = torch.randperm(L * H, generator=generator)
+    else:  # stable sort: equal scores keep the (l, h) order
+        index = torch.sort(flat, descending=order == "top", stable=True).indices
+    return [(int(i) // H, int(i) % H) for i in index]
+
+
+def masking_curve(
+    model: TinyTransformer, tokens: Tensor, answers: Tensor, order: list, ns, from_position: int = 0
+) -> list[float]:
+    """Accuracy with the first n heads of ``order`` masked, for each n in ``ns``; unmasks after."""
+    L, H = len(model.blocks), model.config.H
+    accuracies = []
+    try:
+        for n in ns:
+            masked = torch.zeros(L, H, dtype=torch.bool)
+            for l, h in order[: require_int(n, "n", minimum=0)]:
+                masked[l, h] = True
+            set_masked_heads(model, masked.to(tokens.device), from_position)
+            with torch.no_grad():
+                accuracies.append((model(tokens)[:, -1].argmax(-1) == answers).float().mean().item())
+    finally:
+        set_masked_heads(model, torch.zeros(L, H, dtype=torch.bool, device=tokens.device))
+    return accuracies
+
+
+def train_recall(
+    seed: int,
+    *,
+    n_pairs: int = 8,
+    n_keys: int = 32,
+    layers: int = 2,
+    H: int = 4,
+    D: int = 64,
+    steps: int = 2000,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    progress: bool = False,
+) -> TinyTransformer:
+    """Train the chapter's attention-only model on associative recall (loss at the last token)."""
+    config = ModelConfig(D=D, H=H, layers=layers, vocab=2 * n_keys, max_len=2 * n_pairs + 1, mlp_ratio=0)
+    torch.manual_seed(seed)
+    model = retrieval_transformer(config)
+
+    def batch_fn(step, generator):
+        return recall_prompts(associative_recall(batch_size, n_pairs, n_keys, n_keys, generator), n_keys)
+
+    def loss_fn(model, batch):
+        tokens, answers, _ = batch
+        return F.cross_entropy(model(tokens)[:, -1], answers)
+
+    train(model, batch_fn, loss_fn, steps=steps, lr=lr, seed=seed, progress=progress)
+    return model

@@ -1,44 +1,222 @@
-"""Chapter 12 checks: Retrieval heads.
+"""Checks for chapter 12's exercises (the retrieval score, the query-masking ablation).
 
-Each @task grades one function of exercises/ch12_retrieval_heads.py on fresh random inputs against an
-independent reference. Each @mistake declares a common wrong answer once, with the hint a
-learner gets when their answer matches it; tests/exercises/test_ch12_retrieval_heads.py checks that
-every declared mistake fails its task and gets its own hint.
+The references are written here, independently of the learner's code and of
+attnbook.mechanisms.retrieval_heads: the score as the paper's double loop over steps, layers
+and heads with Python numbers; the ablation one query at a time in float64.
 
-SCAFFOLD: attention_weights is an example of the form; replace it with the chapter's exercises.
+Each @mistake declares a common wrong answer once, with the hint a learner gets when their
+answer matches it; tests/exercises/test_ch12_retrieval_heads.py checks that every declared
+mistake fails its task and gets its own hint.
 """
+
+from __future__ import annotations
 
 import math
 
 import torch
 
-from ..core import CheckFailed, case, mistake, task
+from ..core import case, mistake, task
 from ..expect import describe, expect_close, fresh_generator
 
-# (B, N, M, d, dtype): N = 1, N != M, non-powers of two, both dtypes
-CASES = ((1, 1, 1, 4, torch.float64), (2, 3, 5, 8, torch.float32), (3, 7, 4, 6, torch.float64))
+
+def _score_reference(attn, prompt_ids, gen_ids, span, correct, *, mass=False, match=True, inside=True):
+    """Σ_t [s <= j* < e][x_{j*} = w_t] / (e - s), one step, layer and head at a time (float64).
+
+    The keyword switches compute the declared wrong answers with the same loop.
+    """
+    S, L, H, _ = attn.shape
+    s, e = span
+    score = torch.zeros(L, H, dtype=torch.float64)
+    if not correct:
+        return score
+    for t in range(S):
+        for layer in range(L):
+            for h in range(H):
+                row = attn[t, layer, h].double().tolist()
+                if mass:  # the attention mass on the span
+                    score[layer, h] += sum(row[s:e]) / (e - s)
+                    continue
+                j = row.index(max(row))  # the first maximal key
+                in_span = s <= j < e if inside else j < len(prompt_ids)
+                same = j < len(prompt_ids) and int(prompt_ids[j]) == int(gen_ids[t])
+                if in_span and (same or not match):
+                    score[layer, h] += 1 / (e - s)
+    return score
 
 
-@task("ch12.attention_weights", points=1)
-def check_attention_weights(fn):
-    """softmax(q k^T / sqrt(d)) over the keys, any leading dims, N != M."""
-    g, _ = fresh_generator()
-    for B, N, M, d, dtype in CASES:
-        q = torch.randn(B, N, d, generator=g, dtype=dtype)
-        k = torch.randn(B, M, d, generator=g, dtype=dtype)
-        what = f"attention_weights({describe({'q': q, 'k': k, 'dtype': dtype})})"
-        with case():  # a sub-check: the task earns its points in proportion to the cases passed
-            q_before = q.clone()
-            answer = fn(q, k)
-            if not torch.equal(q, q_before):
-                raise CheckFailed(f"{what} changed its input q in place")
-            # the reference: exp of the scaled scores (minus the row maximum), normalised over the keys
-            scores = torch.einsum("bnd,bmd->bnm", q, k) / math.sqrt(d)
-            expected = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
-            expected = expected / expected.sum(dim=-1, keepdim=True)
-            expect_close(answer, expected, what=what)
+def _planted(gen, span, N, M, dtype):
+    """Rows for 4 heads: (0, 0) copies the span, (0, 1) reads position 0, (1, 0) reads a copy of
+    the emitted token outside the span, (1, 1) reads the span one token late (a wrong token)."""
+    s, e = span
+    S = e - s
+    prompt = torch.randint(100, 200, (N,), generator=gen)  # distinct from the span's tokens
+    prompt[s:e] = torch.randperm(50, generator=gen)[:S]  # distinct tokens in the span
+    emitted = prompt[s:e].clone()
+    outside = [j for j in range(1, N) if not s <= j < e][:S]
+    prompt[outside] = emitted  # the emitted tokens recur outside the span
+    logits = torch.rand(S, 2, 2, M, generator=gen, dtype=torch.float64)
+    steps = torch.arange(S)
+    logits[steps, 0, 0, s + steps] = 6.0
+    logits[:, 0, 1, 0] = 6.0
+    logits[steps, 1, 0, torch.tensor(outside)] = 6.0
+    logits[steps, 1, 1, s + (steps + 1) % S] = 6.0
+    return logits.softmax(-1).to(dtype), prompt, emitted
 
 
-@mistake("ch12.attention_weights", "normalise over the keys (the last axis): each query's weights sum to one")
-def attention_weights_over_queries(q, k):
-    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-2)
+SCORE_HINT = (
+    "at each step t and for each head take j* = argmax of its attention row (the first maximal index); "
+    "add 1/(e - s) when s <= j* < e and prompt_ids[j*] == gen_ids[t]; return zeros when correct is False"
+)
+
+
+@task("ch12.retrieval_score", points=3)
+def check_retrieval_score(fn):
+    """Copy-paste counts: argmax key in the span holding the emitted token, / (e - s); correct trials only."""
+    gen, _ = fresh_generator()
+    planted = [
+        ((4, 9), 12, 14, torch.float32),
+        ((3, 4), 8, 8, torch.float64),
+        ((0, 5), 11, 14, torch.float16),
+    ]
+    for span, N, M, dtype in planted:
+        with case():
+            attn, prompt, emitted = _planted(gen, span, N, M, dtype)
+            inputs = describe({"span": span, "N": N, "M": M, "dtype": dtype})
+            what = f"retrieval_score on planted heads ({inputs})"
+            answer = fn(attn.clone(), prompt.clone(), emitted.clone(), span, True)
+            expected = _score_reference(attn, prompt, emitted, span, True).float()
+            expect_close(answer, expected, what=what, check_dtype=False, atol=1e-5, rtol=0, hint=SCORE_HINT)
+    for S, L, H, N, M, dtype, correct in (
+        (5, 3, 2, 7, 9, torch.float64, True),
+        (2, 2, 3, 11, 11, torch.float32, True),
+        (4, 2, 2, 10, 12, torch.float32, False),
+    ):
+        with case():
+            prompt = torch.randint(3, (N,), generator=gen)  # few ids: tokens recur everywhere
+            emitted = torch.randint(3, (S,), generator=gen)
+            attn = torch.rand(S, L, H, M, generator=gen, dtype=torch.float64).mul(3).softmax(-1).to(dtype)
+            s = int(torch.randint(N - 3, (1,), generator=gen))
+            span = (s, s + 3)
+            if not correct:  # plant copies, so that a forgotten flag shows
+                attn[:, 0, 0] = 0
+                attn[:, 0, 0, s] = 1
+                emitted[:] = prompt[s]
+            what = (
+                f"retrieval_score({describe({'S': S, 'L': L, 'H': H, 'N': N, 'M': M, 'correct': correct})})"
+            )
+            answer = fn(attn.clone(), prompt.clone(), emitted.clone(), span, correct)
+            expected = _score_reference(attn, prompt, emitted, span, correct).float()
+            expect_close(answer, expected, what=what, check_dtype=False, atol=1e-5, rtol=0, hint=SCORE_HINT)
+    with case():  # a tie goes to the first maximal key (torch.argmax's rule)
+        attn = torch.zeros(1, 1, 2, 4)
+        attn[0, 0, 0, [0, 1]] = 0.5
+        attn[0, 0, 1, [1, 3]] = 0.5
+        answer = fn(attn, torch.tensor([7, 7, 5, 9]), torch.tensor([7]), (1, 2), True)
+        expect_close(
+            answer,
+            torch.tensor([[0.0, 1.0]]),
+            what="retrieval_score with tied rows (keys 0 and 1 tied, then 1 and 3)",
+            check_dtype=False,
+            hint="on a tie take the first maximal index, as torch.argmax does",
+        )
+
+
+@mistake(
+    "ch12.retrieval_score",
+    "the attention mass on the span was summed; the score counts steps whose argmax key lies in the span "
+    "AND holds the emitted token",
+)
+def score_attention_mass(attn, prompt_ids, gen_ids, span, correct):
+    return _score_reference(attn, prompt_ids, gen_ids, span, correct, mass=True).float()
+
+
+@mistake(
+    "ch12.retrieval_score",
+    "the argmax key in the span was counted whatever its token; it must also hold the emitted token "
+    "(prompt_ids[j*] == gen_ids[t])",
+)
+def score_without_token_match(attn, prompt_ids, gen_ids, span, correct):
+    return _score_reference(attn, prompt_ids, gen_ids, span, correct, match=False).float()
+
+
+@mistake(
+    "ch12.retrieval_score",
+    "a key holding the emitted token OUTSIDE the span was counted; tokens recur in the haystack, so "
+    "require s <= j* < e",
+)
+def score_outside_span(attn, prompt_ids, gen_ids, span, correct):
+    return _score_reference(attn, prompt_ids, gen_ids, span, correct, inside=False).float()
+
+
+@mistake("ch12.retrieval_score", "a wrong trial was scored; return zeros when correct is False")
+def score_ignores_correct(attn, prompt_ids, gen_ids, span, correct):
+    return _score_reference(attn, prompt_ids, gen_ids, span, True).float()
+
+
+# ---------------------------------------------------------------------------------------------
+def _ablation_reference(q, k, v, ablate, mode, *, leak=False, zero_uniform=False):
+    """One query at a time in float64: causal softmax, or uniform / zero for an ablated head."""
+    B, H, N, d = q.shape
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    out = torch.zeros(B, H, N, d, dtype=torch.float64)
+    for h in range(H):
+        for i in range(N):
+            if bool(ablate[h]) and (mode == "zero" or zero_uniform):
+                continue  # z_h = 0
+            if bool(ablate[h]):
+                visible = N if leak else i + 1
+                # q = 0: a[i, j] = 1 / (i + 1) for j <= i, the running mean of V
+                out[:, h, i] = v64[:, h, :visible].mean(dim=1)
+                continue
+            scores = k64[:, h, : i + 1] @ q64[:, h, i, :, None] / math.sqrt(d)  # (B, i+1, 1)
+            out[:, h, i] = (torch.softmax(scores, dim=1) * v64[:, h, : i + 1]).sum(dim=1)
+    return out.to(q.dtype)
+
+
+ABLATION_CASES = (
+    (2, 3, 5, 4, torch.float64, (False, True, False), "uniform"),
+    (1, 4, 7, 6, torch.float32, (True, False, True, False), "uniform"),
+    (2, 2, 1, 8, torch.float64, (True, True), "uniform"),
+    (3, 3, 6, 5, torch.float32, (False, True, True), "zero"),
+    (1, 2, 4, 4, torch.float64, (False, False), "uniform"),
+)
+
+
+@task("ch12.ablated_attention", points=3)
+def check_ablated_attention(fn):
+    """Causal attention; an ablated head's query is 0 ("uniform") or its output 0 ("zero")."""
+    gen, _ = fresh_generator()
+    for B, H, N, d, dtype, heads, mode in ABLATION_CASES:
+        with case():
+            q, k, v = (
+                torch.randn(B, H, N, d, generator=gen, dtype=torch.float64).to(dtype) for _ in range(3)
+            )
+            ablate = torch.tensor(heads)
+            inputs = describe({"B": B, "H": H, "N": N, "d": d, "dtype": dtype})
+            what = f"ablated_attention({inputs}, ablate={list(heads)}, mode={mode!r})"
+            answer = fn(q.clone(), k.clone(), v.clone(), ablate.clone(), mode)
+            expect_close(
+                answer,
+                _ablation_reference(q, k, v, ablate, mode),
+                what=what,
+                hint="a kept head: softmax(q k^T / sqrt(d)) with future keys hidden, times v; an ablated "
+                "head in 'uniform' mode: the mean of v over the keys j <= i; in 'zero' mode: zeros",
+            )
+
+
+@mistake(
+    "ch12.ablated_attention",
+    "the ablated head's scores were overwritten with 0 after the causal mask was added, so it also averages "
+    "future values; zero its queries (or scores) BEFORE the mask: a running mean over j <= i",
+)
+def ablation_leaks_future(q, k, v, ablate, mode="uniform"):
+    return _ablation_reference(q, k, v, ablate, mode, leak=True)
+
+
+@mistake(
+    "ch12.ablated_attention",
+    "'uniform' masking zeroed the head's output; setting the query to 0 makes its attention uniform over "
+    "the visible keys, so the output is the running mean of v, not 0",
+)
+def ablation_uniform_is_zero(q, k, v, ablate, mode="uniform"):
+    return _ablation_reference(q, k, v, ablate, mode, zero_uniform=True)
