@@ -355,7 +355,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="massive activations, sink tokens",
         paper="Visual Attention Sink 2025",
         status="draft",
-        checks=("ch13.attention_weights",),
+        checks=("ch13.sink_mask", "ch13.image_centric", "ch13.redistribute"),
         bib_keys=("kang2025see", "xiao2023efficient"),
     ),
     Chapter(

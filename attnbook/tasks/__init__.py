@@ -5,6 +5,7 @@ from .drifting_layers import DriftBatch, drifting_layers
 from .linear_regression import RegressionPrompts, linear_regression_prompts
 from .markov_period import MarkovPeriodBatch, markov_period
 from .mixed_lookup import MixedLookupBatch, mixed_lookup
+from .object_captions import CaptionBatch, CaptionVocab, object_captions
 from .permutation_invariant import SetRegression, permutation_invariant_task
 from .two_key_recall import TwoKeyBatch, two_key_recall
 from .typed_copy import TypedCopyBatch, typed_copy
@@ -26,4 +27,7 @@ __all__ = [
     "markov_period",  # ch. 05
     "TypedCopyBatch",
     "typed_copy",  # ch. 07
+    "CaptionBatch",
+    "CaptionVocab",
+    "object_captions",  # ch. 13, 14
 ]

@@ -1,44 +1,223 @@
-"""Chapter 13 checks: Attention sinks.
+"""Chapter 13 checks: sink detection, image-centric heads and VAR redistribution.
 
 Each @task grades one function of exercises/ch13_attention_sinks.py on fresh random inputs against an
-independent reference. Each @mistake declares a common wrong answer once, with the hint a
-learner gets when their answer matches it; tests/exercises/test_ch13_attention_sinks.py checks that
-every declared mistake fails its task and gets its own hint.
-
-SCAFFOLD: attention_weights is an example of the form; replace it with the chapter's exercises.
+independent reference, written here one row at a time with Python floats (float64), apart from
+attnbook.mechanisms.attention_sinks. The chapter's common mistakes (the @mistake declarations) live
+in the companion module ``ch13_attention_sinks_mistakes.py``.
 """
+
+from __future__ import annotations
 
 import math
 
 import torch
 
-from ..core import CheckFailed, case, mistake, task
+from ..core import CheckFailed, case, task
 from ..expect import describe, expect_close, fresh_generator
 
-# (B, N, M, d, dtype): N = 1, N != M, non-powers of two, both dtypes
-CASES = ((1, 1, 1, 4, torch.float64), (2, 3, 5, 8, torch.float32), (3, 7, 4, 6, torch.float64))
+
+def _unchanged(before: dict, after: dict, what: str) -> None:
+    for name, tensor in before.items():
+        if not torch.equal(tensor, after[name]):
+            raise CheckFailed(f"{what} changed its input {name} in place; work on a copy")
 
 
-@task("ch13.attention_weights", points=1)
-def check_attention_weights(fn):
-    """softmax(q k^T / sqrt(d)) over the keys, any leading dims, N != M."""
+# ---- sink_mask ---------------------------------------------------------------------------------
+
+
+def _phi_reference(h, dims, eps):
+    """φ per token with Python floats: max_{d ∈ dims} |h_d| / sqrt(mean(h²) + eps)."""
+    B, N, D = h.shape
+    out = torch.zeros(B, N, dtype=torch.float64)
+    rows = h.double().tolist()
+    for b in range(B):
+        for t in range(N):
+            x = rows[b][t]
+            rms = math.sqrt(sum(v * v for v in x) / D + eps)
+            out[b, t] = max(abs(x[d]) for d in dims) / rms
+    return out
+
+
+def _sink_inputs(g, B, N, D, dims, scale, dtype):
+    """Gaussian tokens times ``scale``; a third of them get a spike (10·RMS) on a sink dimension,
+    a few others get one on a NON-sink dimension."""
+    h = torch.randn(B, N, D, generator=g, dtype=torch.float64)
+    spikes = torch.rand(B, N, generator=g) < 0.35
+    decoys = ~spikes & (torch.rand(B, N, generator=g) < 0.3)
+    others = [d for d in range(D) if d not in dims]
+    for b in range(B):
+        for t in range(N):
+            if spikes[b, t]:
+                h[b, t, dims[(b + t) % len(dims)]] = 10.0 * (1 if (b + t) % 2 else -1)
+            elif decoys[b, t]:
+                h[b, t, others[(b * N + t) % len(others)]] = 12.0
+    return (scale * h).to(dtype)
+
+
+# (B, N, D, dims, tau, scale, dtype): a large scale (raw values far above τ), a small one (raw
+# values far below), odd sizes, float16 whose squares overflow unless the norm is upcast
+SINK_CASES = (
+    (2, 7, 24, [3, 17], 4.0, 40.0, torch.float32),
+    (1, 5, 16, [0], 3.0, 0.05, torch.float64),
+    (3, 4, 33, [30, 2, 9], 3.5, 1.0, torch.float64),
+    (2, 6, 20, [11], 2.5, 60.0, torch.float16),
+)
+
+
+@task("ch13.sink_mask", points=2)
+def check_sink_mask(fn):
+    """φ = max over the sink dims of |RMSNorm(h)| (no weight), sink iff φ > τ (strict), (B, N) bool."""
     g, _ = fresh_generator()
-    for B, N, M, d, dtype in CASES:
-        q = torch.randn(B, N, d, generator=g, dtype=dtype)
-        k = torch.randn(B, M, d, generator=g, dtype=dtype)
-        what = f"attention_weights({describe({'q': q, 'k': k, 'dtype': dtype})})"
-        with case():  # a sub-check: the task earns its points in proportion to the cases passed
-            q_before = q.clone()
-            answer = fn(q, k)
-            if not torch.equal(q, q_before):
-                raise CheckFailed(f"{what} changed its input q in place")
-            # the reference: exp of the scaled scores (minus the row maximum), normalised over the keys
-            scores = torch.einsum("bnd,bmd->bnm", q, k) / math.sqrt(d)
-            expected = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
-            expected = expected / expected.sum(dim=-1, keepdim=True)
-            expect_close(answer, expected, what=what)
+    for B, N, D, dims, tau, scale, dtype in SINK_CASES:
+        h = _sink_inputs(g, B, N, D, dims, scale, dtype)
+        what = f"sink_mask({describe({'B': B, 'N': N, 'D': D, 'dims': dims, 'tau': tau, 'dtype': dtype})})"
+        with case():
+            before = {"h": h.clone()}
+            answer = fn(h, torch.tensor(dims), tau)
+            _unchanged(before, {"h": h}, what)
+            phi = _phi_reference(h, dims, 1e-6)
+            expect_close(answer, phi > tau, what=what, hint="divide h by sqrt(mean(h²) + eps) over D first")
+    with case():  # a token exactly at the threshold is not a sink
+        h = torch.zeros(1, 2, 16, dtype=torch.float64)
+        h[0, 0, :8] = torch.tensor([3.0, 1, 1, 1, 1, 1, 1, 1])  # mean(h²) = 1: φ = 3 exactly
+        h[0, 1, 3] = 5.0  # one-hot: φ = sqrt(16) = 4
+        what = (
+            "sink_mask(h=[[3, 1, 1, 1, 1, 1, 1, 1, 0, ...], [0, 0, 0, 5, 0, ...]], dims=[0, 3], tau=3, eps=0)"
+        )
+        answer = fn(h, torch.tensor([0, 3]), 3.0, eps=0.0)
+        expect_close(answer, torch.tensor([[False, True]]), what=what)
 
 
-@mistake("ch13.attention_weights", "normalise over the keys (the last axis): each query's weights sum to one")
-def attention_weights_over_queries(q, k):
-    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-2)
+# ---- image_centric -----------------------------------------------------------------------------
+
+
+def _softmax_rows(g, B, H, N, M, dtype, temperature=3.0):
+    s = temperature * torch.randn(B, H, N, M, generator=g, dtype=torch.float64)
+    causal = torch.ones(N, M, dtype=torch.bool).tril(M - N)
+    return torch.softmax(s.masked_fill(~causal, float("-inf")), -1).to(dtype)
+
+
+def _image_centric_reference(A, img, sink, rho, summ):
+    B, H, N, M = A.shape
+    out = torch.zeros(B, H, N, dtype=torch.bool)
+    rows = A.double().tolist()
+    for b in range(B):
+        vis = [j for j in range(img.start, img.stop) if sink[b, j]]
+        if not vis:  # no visual sink in the sequence: nothing is selected
+            continue
+        for h in range(H):
+            for q in range(N):
+                row = rows[b][h][q]
+                nu = sum(row[img.start : img.stop])
+                share = sum(row[j] for j in vis) / nu if nu > 0 else 0.0
+                out[b, h, q] = nu >= summ and share <= rho
+    return out
+
+
+# (B, H, N, M, image span, rho, summ, dtype)
+CENTRIC_CASES = (
+    (2, 3, 6, 10, (1, 7), 0.5, 0.2, torch.float32),
+    (3, 2, 5, 9, (2, 8), 0.3, 0.4, torch.float64),
+    (1, 4, 7, 7, (0, 4), 0.6, 0.1, torch.float64),
+)
+
+
+def _centric_inputs(g, B, H, N, M, span, dtype):
+    A = _softmax_rows(g, B, H, N, M, dtype)
+    sink = torch.rand(B, M, generator=g) < 0.3
+    sink[:, 0] = True  # a text sink (BOS) outside the image when the image starts at 1
+    sink[0, slice(*span)] = False  # sequence 0: no visual sink
+    sink[-1, span[0] + 1] = True  # the last sequence: at least one
+    return A, sink
+
+
+@task("ch13.image_centric", points=2)
+def check_image_centric(fn):
+    """ν = Σ_I A ≥ summ and r = Σ_{I ∩ sinks} A / ν ≤ ρ (r = 0 when ν = 0); no visual sink: none."""
+    g, _ = fresh_generator()
+    for B, H, N, M, span, rho, summ, dtype in CENTRIC_CASES:
+        A, sink = _centric_inputs(g, B, H, N, M, span, dtype)
+        img = slice(*span)
+        sizes = {"B": B, "H": H, "N": N, "M": M, "img": img, "rho": rho, "summ": summ}
+        what = f"image_centric({describe(sizes)})"
+        with case():
+            before = {"A": A.clone(), "sink": sink.clone()}
+            answer = fn(A, img, sink, rho, summ)
+            _unchanged(before, {"A": A, "sink": sink}, what)
+            expect_close(answer, _image_centric_reference(A, img, sink, rho, summ), what=what)
+    with case():  # row 0: r = 0.3 / 0.4 > ρ (0.3 of the whole row); row 1: BOS is no visual sink
+        A = torch.tensor([[[[0.6, 0.3, 0.1, 0.0, 0.0, 0.0], [0.5, 0.1, 0.2, 0.2, 0.0, 0.0]]]])
+        sink = torch.tensor([[True, True, False, False, False, False]])
+        what = "image_centric(rows [0.6, 0.3, 0.1, 0, 0, 0] and [0.5, 0.1, 0.2, 0.2, 0, 0], img=slice(1, 5))"
+        expect_close(fn(A, slice(1, 5), sink, 0.5, 0.2), torch.tensor([[[False, True]]]), what=what)
+    with case():  # rows with no weight on the image: ν = 0, no division by zero
+        A = torch.zeros(1, 1, 3, 6)
+        A[..., 0] = 1.0
+        sink = torch.tensor([[True, False, True, False, False, False]])
+        what = "image_centric(all weight on token 0, img=slice(1, 5), summ=0.0)"
+        expect_close(fn(A, slice(1, 5), sink, 0.5, 0.0), torch.ones(1, 1, 3, dtype=torch.bool), what=what)
+
+
+# ---- redistribute ------------------------------------------------------------------------------
+
+
+def _redistribute_reference(A, sink, img, sel, p):
+    """Row by row: sinks keep p of their weight, Ω goes to the non-sink image tokens ∝ their weight."""
+    B, H, N, M = A.shape
+    out = A.double().clone()
+    rows = A.double().tolist()
+    for b in range(B):
+        sinks = [j for j in range(M) if sink[b, j]]
+        others = [j for j in range(img.start, img.stop) if not sink[b, j]]
+        for h in range(H):
+            for q in range(N):
+                row = rows[b][h][q]
+                m_ns = sum(row[j] for j in others)
+                if not sel[b, h, q] or m_ns == 0:
+                    continue
+                omega = (1 - p) * sum(row[j] for j in sinks)
+                for j in sinks:
+                    out[b, h, q, j] = p * row[j]
+                for j in others:
+                    out[b, h, q, j] = row[j] + omega * row[j] / m_ns
+    return out.to(A.dtype)
+
+
+# (B, H, N, M, image span, p, dtype)
+REDISTRIBUTE_CASES = (
+    (2, 3, 6, 11, (1, 8), 0.6, torch.float32),
+    (1, 2, 7, 7, (1, 5), 0.25, torch.float64),
+    (3, 2, 4, 9, (2, 7), 0.0, torch.float64),
+)
+
+
+def _redistribute_inputs(g, B, H, N, M, span, dtype):
+    A = _softmax_rows(g, B, H, N, M, dtype, temperature=2.0)
+    sink = torch.rand(B, M, generator=g) < 0.3
+    sink[:, 0] = True  # a text sink
+    sink[:, span[0]] = True  # a visual sink
+    sink[:, span[0] + 1] = False  # and a non-sink image token
+    sel = torch.rand(B, H, N, generator=g) < 0.7
+    return A, sink, sel
+
+
+@task("ch13.redistribute", points=3)
+def check_redistribute(fn):
+    """A'_qj = p A_qj on sinks; + (1-p)·(sink mass)·A_qj / m_ns on non-sink image tokens; rest kept."""
+    g, _ = fresh_generator()
+    for B, H, N, M, span, p, dtype in REDISTRIBUTE_CASES:
+        A, sink, sel = _redistribute_inputs(g, B, H, N, M, span, dtype)
+        img = slice(*span)
+        what = (
+            f"redistribute({describe({'B': B, 'H': H, 'N': N, 'M': M, 'img': img, 'p': p, 'dtype': dtype})})"
+        )
+        with case():
+            before = {"A": A.clone(), "sink": sink.clone(), "sel": sel.clone()}
+            answer = fn(A, sink, img, sel, p)
+            _unchanged(before, {"A": A, "sink": sink, "sel": sel}, what)
+            expect_close(answer, _redistribute_reference(A, sink, img, sel, p), what=what)
+    with case():  # an all-sink image: nowhere to send the budget, the rows stay as they are
+        A = _softmax_rows(g, 1, 2, 3, 6, torch.float64)
+        sink = torch.tensor([[True, True, True, True, False, False]])
+        what = "redistribute(every image token of slice(1, 4) is a sink, p=0.5)"
+        expect_close(fn(A, sink, slice(1, 4), torch.ones(1, 2, 3, dtype=torch.bool), 0.5), A, what=what)
