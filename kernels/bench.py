@@ -35,6 +35,13 @@ from attnbook.mechanisms.fused_attention_kernel import attention_flops
 
 PEERS_SDPA = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
 IMPLS = ["ours", "cudnn", "flash", "efficient", "flex"]
+DEFAULT_IMPLS = ["ours", "ours_atomic", "cudnn", "flash", "efficient", "flex"]  # every kept variant
+# Our kernel's variants, each a setting of flash_attention (see NOTES.md): "ours" is the default.
+OURS = {
+    "ours": {},
+    "ours_det": {"deterministic": True},  # the 7-matmul backward, three launches, no atomics
+    "ours_atomic": {"deterministic": False},  # the 5-matmul backward, dQ added with atomics
+}
 
 
 def _sdpa(backend_name: str, causal: bool):
@@ -55,8 +62,13 @@ def make_impls(causal: bool, N: int, names: list[str], flex_compiled):
     from attnbook.kernels import flash_attention, launch
 
     impls = {}
-    if "ours" in names:
-        impls["ours"] = lambda q, k, v: flash_attention(q, k, v, causal=causal)
+    for name, setting in OURS.items():
+        if name in names:
+
+            def ours(q, k, v, setting=setting):
+                return flash_attention(q, k, v, causal=causal, **setting)
+
+            impls[name] = ours
     if "ours_ptr" in names:  # the forward with plain pointer loads instead of tensor descriptors
 
         def ours_ptr(q, k, v):
@@ -96,16 +108,16 @@ def bench_shape(d, N, causal, names, modes, flex_compiled, warmup, rep, log):
     for t in (q, k, v):
         t.requires_grad_()
     impls = make_impls(causal, N, names, flex_compiled)
-    err = float("nan")
-    if "ours" in impls and "flash" in PEERS_SDPA:  # check before timing: out, dq, dk, dv vs flash
+    errs = {}  # impl -> largest relative error of out, dq, dk, dv against the flash backend
+    for name in [n for n in impls if n.startswith("ours")]:  # check before timing
         try:
             results = []
-            for name in ("ours", "flash"):
-                out = make_impls(causal, N, [name], None)[name](q, k, v)
+            for fn in (impls[name], make_impls(causal, N, ["flash"], None)["flash"]):
+                out = fn(q, k, v)
                 results.append([out] + list(torch.autograd.grad(out, (q, k, v), do)))
-            err = max(rel_err(a, b) for a, b in zip(*results))
+            errs[name] = max(rel_err(a, b) for a, b in zip(*results))
         except Exception as e:  # noqa: BLE001 - report, never crash the benchmark
-            log(f"  check failed: {type(e).__name__}: {e}")
+            log(f"  check of {name} failed: {type(e).__name__}: {e}")
     rows = []
     for name, fn in impls.items():
         for mode in modes:
@@ -136,7 +148,7 @@ def bench_shape(d, N, causal, names, modes, flex_compiled, warmup, rep, log):
                     impl=name,
                     ms=ms,
                     tflops=tflops,
-                    err=err if name.startswith("ours") else float("nan"),
+                    err=errs.get(name, float("nan")),
                     seconds=time.time() - t0,
                 )
             )
@@ -200,7 +212,7 @@ def plot(rows, names, path: str) -> None:
     ds = sorted({r["d"] for r in rows})
     modes = [m for m in ("fwd", "fwd+bwd") if any(r["mode"] == m for r in rows)]
     fig, axes = plt.subplots(len(ds), len(modes), figsize=(6 * len(modes), 4 * len(ds)), squeeze=False)
-    colors = dict(zip(IMPLS + ["ours_ptr"], ["C3", "C0", "C1", "C2", "C4", "C5"]))
+    colors = dict(zip(IMPLS + ["ours_ptr", "ours_atomic"], ["C3", "C0", "C1", "C2", "C4", "C5", "C7"]))
     for i, d in enumerate(ds):
         for j, mode in enumerate(modes):
             ax = axes[i][j]
@@ -270,7 +282,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     p.add_argument("--causal", choices=["both", "true", "false"], default="both")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
-    p.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS + ["ours_ptr"])
+    p.add_argument("--impls", nargs="+", default=DEFAULT_IMPLS, choices=IMPLS + ["ours_ptr"] + list(OURS))
     p.add_argument(
         "--compare-loads", action="store_true", help="also time our forward with pointer loads (ours_ptr)"
     )

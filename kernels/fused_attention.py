@@ -22,10 +22,10 @@ log2 e into the scale (`qk_scale = s · log2 e`), so m lives in base-2 units ins
 stored L is converted back to natural log.
 
 **Backward** (``fused_attention_backward.py``). With L stored, P is recomputed from Q, K
-instead of being stored (N² bytes saved), in three launches and no atomics. Compared with a
-single kernel that adds dQ with atomics, this recomputes S and dP once more (7 block matmuls
-instead of 5), but every output tile has exactly one writer: no fp32 dQ scratch, no atomics, and
-a deterministic result.
+instead of being stored (N² bytes saved). By default in three launches and no atomics: compared
+with a single kernel that adds dQ with atomics, this recomputes S and dP once more (7 block
+matmuls instead of 5), but every output tile has exactly one writer: no fp32 dQ scratch, no
+atomics, and a deterministic result. ``deterministic=False`` runs that single kernel instead.
 
 **Causal.** With N ≤ M the queries are the *last* N of M positions (as when decoding with a
 cache): query i sits at p_i = i + (M − N) and sees keys j ≤ p_i. That rule is defined once, in
@@ -53,10 +53,12 @@ from . import launch
 from .fused_attention_backward import (  # noqa: F401 - the backward kernels, for readers of this module
     _attn_bwd_dkdv,
     _attn_bwd_dq,
+    _attn_bwd_fused,
     _attn_bwd_preprocess,
     _backward,
     _bwd_dkdv_inner,
     _bwd_dq_inner,
+    _bwd_fused_inner,
 )
 from .launch import INTERPRET, INTERPRETER_BLOCKS, LOG2E, load_rows  # noqa: F401 - INTERPRET*: for readers
 
@@ -199,24 +201,30 @@ class FlashAttentionFunction(torch.autograd.Function):
     """Autograd wrapper: Triton forward saves (q, k, v, out, lse); Triton backward recomputes P."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool, scale: float):
+    def forward(ctx, q, k, v, causal: bool, scale: float, deterministic: bool):
         o, lse = _forward(q, k, v, causal, scale)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.scale = causal, scale
+        ctx.causal, ctx.scale, ctx.deterministic = causal, scale, deterministic
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, o, lse, do.contiguous(), ctx.causal, ctx.scale)
-        return dq, dk, dv, None, None
+        dq, dk, dv = _backward(q, k, v, o, lse, do.contiguous(), ctx.causal, ctx.scale, ctx.deterministic)
+        return dq, dk, dv, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------
 def flash_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    *,
+    deterministic: bool = True,
 ) -> torch.Tensor:
     """Fused softmax attention, softmax(scale · q kᵀ) v, with a Triton forward and backward.
 
@@ -229,6 +237,11 @@ def flash_attention(
             (decoding with a cache; :func:`attnbook.masks.causal_mask`): query i sees keys
             j <= i + M - N. Needs M >= N.
         scale: positive score scale; None means 1/sqrt(d).
+        deterministic: the backward in three launches with one writer per output (7 block
+            matmuls; the same bits on every run; the default), or, with False, one launch per key
+            block that adds dQ in float32 with atomics (5 block matmuls; dQ's last bits vary from
+            run to run). On the H200 the second is 2–6% faster at d = 128, N >= 4096, and slower
+            at N = 1024 and at d = 64 (NOTES.md, run 5).
 
     Returns:
         (B, H, N, d) in q's dtype; differentiable with respect to q, k and v.
@@ -242,7 +255,7 @@ def flash_attention(
     launch.require_runnable(q, "flash_attention")
     dtype = launch.compute_dtype(q.dtype, q.device)
     q_, k_, v_ = (t.to(dtype).contiguous() for t in (q, k, v))
-    out = FlashAttentionFunction.apply(q_, k_, v_, bool(causal), scale)
+    out = FlashAttentionFunction.apply(q_, k_, v_, bool(causal), scale, bool(deterministic))
     return out.to(q.dtype)
 
 

@@ -198,20 +198,139 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, sm_scale, qk_scale, N_Q, N_KV,
     dq = dq * sm_scale
     ptrs = q_off + offs_m[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
     tl.store(DQ + ptrs, dq.to(DQ.dtype.element_ty), mask=offs_m[:, None] < N_Q)
+@triton.jit
+def _bwd_fused_inner(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, dq_dst, start, end, offs_n, N_Q,
+                     diag, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr,
+                     MASKED: tl.constexpr, TMA_REDUCE: tl.constexpr):
+    """_bwd_dkdv_inner plus a fifth matmul: each query block's share of dQ, added to float32 dQ."""
+    # Per iteration: read q, dO tiles and L, D as in _bwd_dkdv_inner; 5 matmuls; add BLOCK_M·d
+    # floats into dQ (in L2: atomics or the copy engine's reduce-add).
+    for start_m in range(start, end, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = load_rows(q_base, start_m, N_Q, HEAD_DIM, BLOCK_M, MASKED, False)  # (BLOCK_M, d)
+        if MASKED:
+            lse = tl.load(lse_ptr + offs_m, mask=offs_m < N_Q, other=0.0)
+            delta = tl.load(delta_ptr + offs_m, mask=offs_m < N_Q, other=0.0)
+        else:
+            lse = tl.load(lse_ptr + offs_m)
+            delta = tl.load(delta_ptr + offs_m)
+        # Sᵀ_ji / s = k_j · q_i
+        qkT = tl.dot(k, tl.trans(q))  # (BLOCK_N, BLOCK_M)
+        # Pᵀ_ji = e^{S_ij − L_i} = 2^{qk·s·log2 e − L_i·log2 e}
+        pT = tl.math.exp2(qkT * qk_scale - lse[None, :] * 1.4426950408889634)
+        if MASKED:
+            if CAUSAL:
+                pT = tl.where(offs_n[:, None] <= offs_m[None, :] + diag, pT, 0.0)
+        do = load_rows(do_base, start_m, N_Q, HEAD_DIM, BLOCK_M, MASKED, False)  # (BLOCK_M, d)
+        # dV_j += Σ_i P_ij dO_i
+        dv = tl.dot(pT.to(do.dtype), do, dv)
+        # dPᵀ_ji = v_j · dO_i
+        dpT = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M)
+        # dSᵀ_ji = P_ij (dP_ij − D_i)
+        dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
+        # dK_j += Σ_i dS_ij q_i   (times s, once, at the end)
+        dk = tl.dot(dsT, q, dk)
+        # this key block's share of dQ_i = Σ_j dS_ij k_j   (times s when converted)
+        dq = tl.dot(tl.trans(dsT), k)  # (BLOCK_M, d) float32
+        if TMA_REDUCE:
+            dq_dst.atomic_add([start_m, 0], dq)  # rows >= N_Q are clipped by the descriptor
+        else:
+            ptrs = dq_dst + offs_m[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
+            if MASKED:
+                tl.atomic_add(ptrs, dq, mask=offs_m[:, None] < N_Q, sem="relaxed")
+            else:
+                tl.atomic_add(ptrs, dq, sem="relaxed")
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["N_Q", "N_KV"])
+def _attn_bwd_fused(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, sm_scale, qk_scale, N_Q, N_KV,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    CAUSAL: tl.constexpr, TMA_REDUCE: tl.constexpr):
+    """dK, dV for BLOCK_N keys of one (batch, head), and their dQ shares added into DQ_ACC.
+
+    Shapes as in _attn_bwd_dkdv; DQ_ACC: (B·H, N_Q, d) float32, zeroed, receives dS K (without s).
+    Grid: (cdiv(N_KV, BLOCK_N), B·H).
+    """
+    bh = tl.program_id(1).to(tl.int64)
+    n0 = tl.program_id(0) * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    kv_off = bh * N_KV * HEAD_DIM
+    q_base = Q + bh * N_Q * HEAD_DIM
+    do_base = DO + bh * N_Q * HEAD_DIM
+    lse_ptr = LSE + bh * N_Q
+    delta_ptr = DELTA + bh * N_Q
+    dq_base = DQ_ACC + bh * N_Q * HEAD_DIM
+    if TMA_REDUCE:
+        dq_dst = tl.make_tensor_descriptor(dq_base, [N_Q, HEAD_DIM], [HEAD_DIM, 1], [BLOCK_M, HEAD_DIM])
+    else:
+        dq_dst = dq_base
+    k = load_rows(K + kv_off, n0, N_KV, HEAD_DIM, BLOCK_N, True, False)  # (BLOCK_N, d)
+    v = load_rows(V + kv_off, n0, N_KV, HEAD_DIM, BLOCK_N, True, False)  # (BLOCK_N, d)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+
+    diag = N_KV - N_Q
+    q_full_end = N_Q // BLOCK_M * BLOCK_M
+    q_end = tl.cdiv(N_Q, BLOCK_M) * BLOCK_M
+    if CAUSAL:  # the same query ranges as _attn_bwd_dkdv
+        lo = tl.maximum(n0 - diag, 0) // BLOCK_M * BLOCK_M
+        full_lo = tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - diag, 0), BLOCK_M) * BLOCK_M
+    else:
+        lo = 0
+        full_lo = 0
+    dk, dv = _bwd_fused_inner(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, dq_dst, lo,
+                              tl.minimum(full_lo, q_end), offs_n, N_Q, diag, qk_scale,
+                              HEAD_DIM, BLOCK_M, CAUSAL, True, TMA_REDUCE)
+    dk, dv = _bwd_fused_inner(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, dq_dst, full_lo,
+                              q_full_end, offs_n, N_Q, diag, qk_scale,
+                              HEAD_DIM, BLOCK_M, CAUSAL, False, TMA_REDUCE)
+    dk, dv = _bwd_fused_inner(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, dq_dst,
+                              tl.maximum(full_lo, q_full_end), q_end, offs_n, N_Q, diag, qk_scale,
+                              HEAD_DIM, BLOCK_M, CAUSAL, True, TMA_REDUCE)
+    # dK = s · dSᵀ Q
+    dk = dk * sm_scale
+    ptrs = kv_off + offs_n[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
+    tl.store(DK + ptrs, dk.to(DK.dtype.element_ty), mask=offs_n[:, None] < N_KV)
+    tl.store(DV + ptrs, dv.to(DV.dtype.element_ty), mask=offs_n[:, None] < N_KV)
 # fmt: on
 
 
-def _backward(q, k, v, o, lse, do, causal: bool, scale: float):
-    """Gradients (dq, dk, dv), shaped like (q, k, v), from dO: (B, H, N, d)."""
+def _backward(q, k, v, o, lse, do, causal: bool, scale: float, deterministic: bool = True):
+    """Gradients (dq, dk, dv), shaped like (q, k, v), from dO: (B, H, N, d).
+
+    deterministic=True: three launches, no atomics, 7 block matmuls (every output has one writer).
+    deterministic=False: one launch per key block adds dQ with float32 atomics: 5 block matmuls,
+    but the order of the additions into dQ, hence its last bits, changes from run to run.
+    """
     B, H, N, d = q.shape
     M = k.shape[2]
     delta = torch.empty_like(lse)  # (B, H, N) float32
     pre_block = 64 if INTERPRET else 128
     _attn_bwd_preprocess[(triton.cdiv(N, pre_block), B * H)](o, do, delta, N, HEAD_DIM=d, BLOCK_M=pre_block)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
     args = (q, k, v, do, lse, delta)
     meta = dict(HEAD_DIM=d, CAUSAL=causal)
     grid_kv = lambda meta: (triton.cdiv(M, meta["BLOCK_N"]), B * H)  # noqa: E731
+    if not deterministic:
+        dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32)  # receives dS K
+        # the copy engine's reduce-add where descriptors work, else atomics (the autotuner picks)
+        variants = ({"TMA_REDUCE": False},)
+        if launch.use_tma(dq_acc):
+            variants = ({"TMA_REDUCE": True}, {"TMA_REDUCE": False})
+        launch.run(
+            _attn_bwd_fused,
+            "bwd",
+            grid_kv,
+            (*args, dk, dv, dq_acc, scale, scale * LOG2E, N, M),
+            meta,
+            q.device,
+            variants,
+            reset_to_zero=("DQ_ACC",),
+        )
+        # dQ = s · dS K
+        return (dq_acc * scale).to(q.dtype), dk, dv
+    dq = torch.empty_like(q)
     launch.run(_attn_bwd_dkdv, "dkdv", grid_kv, (*args, dk, dv, scale, scale * LOG2E, N, M), meta, q.device)
     grid_q = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * H)  # noqa: E731
     launch.run(_attn_bwd_dq, "dq", grid_q, (*args, dq, scale, scale * LOG2E, N, M), meta, q.device)

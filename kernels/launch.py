@@ -78,10 +78,11 @@ def autotune_enabled() -> bool:
 # ---------------------------------------------------------------------------------------------
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M counts queries, BLOCK_N keys, in every kernel.
 # The first entry of each list is the one used without autotuning (ATTNBOOK_AUTOTUNE=0).
-# Kinds of chapter 29's kernel: "fwd" (forward), "dkdv" and "dq" (the two backward kernels).
+# Kinds of chapter 29's kernel: "fwd" (forward), "dkdv" and "dq" (the two kernels of the
+# deterministic backward), "bwd" (the 5-matmul backward that adds dQ with atomics).
 # The interpreter ignores warps and stages; its blocks stay >= 16 (a GPU's tl.dot minimum) and
 # mirror the GPU's shapes (forward and dQ: more queries than keys; dK/dV: the reverse).
-INTERPRETER_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
+INTERPRETER_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16), "bwd": (16, 32)}
 
 HOPPER = {  # sm_90: 228 KB shared memory per SM; wgmma wants 4·k warps. Chosen to stay under
     # 255 registers without spills (ptxas report of a local sm_90 compile; see NOTES.md).
@@ -116,17 +117,25 @@ HOPPER = {  # sm_90: 228 KB shared memory per SM; wgmma wants 4·k warps. Chosen
     ],
     ("dq", 64): [(128, 64, 8, 3), (128, 32, 4, 5), (64, 64, 4, 3), (128, 128, 8, 3), (64, 32, 4, 4)],
     ("dq", 32): [(128, 32, 4, 4), (64, 64, 4, 3)],
+    # the 5-matmul backward, deterministic=False (dK, dV per key block, dQ added in float32);
+    # the tiles that compile without spills first (ptxas report, Triton 3.7, sm_90)
+    ("bwd", 128): [(32, 128, 8, 3), (64, 64, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 128, 8, 3)],
+    ("bwd", 64): [(64, 128, 8, 3), (64, 64, 4, 3), (32, 128, 8, 3), (64, 64, 8, 3)],
+    ("bwd", 32): [(64, 128, 4, 3), (32, 64, 4, 3)],
 }
 AMPERE = {  # sm_80..89: 100-164 KB shared memory, mma.sync (not timed here: an untuned guess)
     "fwd": [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2), (128, 32, 4, 3)],
     "dkdv": [(32, 64, 4, 3), (64, 64, 4, 2), (32, 128, 8, 2)],
     "dq": [(64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 8, 2)],
+    "bwd": [(32, 64, 4, 3), (64, 64, 4, 2)],
 }
 TURING = {  # sm_75 (Colab's T4): 64 KB shared memory, fp16 only; Triton's dot runs without
-    # tensor cores there, so small tiles and 8 warps keep registers (mostly) from spilling
+    # tensor cores there, so small tiles and 8 warps keep registers (mostly) from spilling.
+    # Never run on a T4: chosen from sm_75 compile reports only (see NOTES.md).
     "fwd": [(32, 32, 8, 2), (32, 16, 4, 2)],
     "dkdv": [(16, 32, 8, 1), (16, 16, 4, 1)],
     "dq": [(32, 32, 8, 1), (16, 32, 8, 1)],
+    "bwd": [(16, 32, 8, 1), (16, 16, 4, 1)],
 }
 
 
@@ -153,6 +162,7 @@ def run(
     device: torch.device,
     variants: tuple[dict, ...] = ({},),
     key: tuple[str, ...] = ("N_Q", "N_KV", "HEAD_DIM", "CAUSAL"),
+    reset_to_zero: tuple[str, ...] = (),
 ):
     """Run ``kernel[grid](*args, **meta)`` with the tile config for this GPU, or the interpreter's.
 
@@ -166,6 +176,8 @@ def run(
         variants: constexpr settings the autotuner may choose between besides the tiles (the
             forward's load path); without autotuning, or in the interpreter, the first one.
         key: the arguments whose values make the autotuner time the configs again.
+        reset_to_zero: arguments the kernel adds into (atomics): zeroed before each timed run
+            of the autotuner and before the run that counts, so tuning leaves no trace in them.
     """
     if INTERPRET:
         block_m, block_n = INTERPRETER_BLOCKS[kind]
@@ -181,6 +193,7 @@ def run(
                 for (bm, bn, w, s), v in configs
             ],
             key=list(key),
+            reset_to_zero=list(reset_to_zero) or None,
         )(kernel)
     try:
         return _TUNED[(kernel, configs)][grid](*args, **meta)
