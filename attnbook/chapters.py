@@ -277,9 +277,10 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Spectral mixing before attention",
         mechanism="FFT gating layers before attention layers",
         paper="SpectFormer 2023",
-        status="draft",
-        checks=("ch06.spectral_gating",),
-        bib_keys=("patro2023spectformer",),
+        status="written",
+        checks=("ch06.spectral_gating", "ch06.filter_kernel", "ch06.shift_filter", "ch06.frequency_accuracy"),
+        tasks=("grating_squares",),
+        bib_keys=("patro2023spectformer", "rao2021gfnet", "dosovitskiy2021vit"),
     ),
     Chapter(
         number="07",

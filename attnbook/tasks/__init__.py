@@ -2,6 +2,7 @@
 
 from .associative_recall import RecallBatch, associative_recall
 from .drifting_layers import DriftBatch, drifting_layers
+from .grating_squares import GratingSquares, grating_squares
 from .linear_regression import RegressionPrompts, linear_regression_prompts
 from .markov_period import MarkovPeriodBatch, markov_period
 from .mixed_lookup import MixedLookupBatch, mixed_lookup
@@ -30,4 +31,6 @@ __all__ = [
     "CaptionBatch",
     "CaptionVocab",
     "object_captions",  # ch. 13, 14
+    "GratingSquares",
+    "grating_squares",  # ch. 06
 ]

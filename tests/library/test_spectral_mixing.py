@@ -12,14 +12,19 @@ import torch.nn.functional as F
 from attnbook.chapters import by_number
 from attnbook.mechanisms import spectral_mixing as mechanism
 from attnbook.mechanisms.spectral_mixing import (
-    SpectFormerEncoder,
+    PatchEmbed,
     SpectralBlock,
     SpectralGating,
+    classify,
+    factor_accuracy,
     filter_kernel,
     shift_filter,
+    spectformer,
     spectral_gating,
+    train_classifier,
 )
-from attnbook.models import ModelConfig
+from attnbook.models import Block, ModelConfig
+from attnbook.tasks.grating_squares import grating_squares
 
 CHAPTER = by_number("06")
 GRIDS = [(6, 6), (6, 5), (4, 6), (3, 7), (1, 4), (5, 1)]  # square, odd widths, non-square, one row/column
@@ -144,12 +149,18 @@ def _config(layers, H=3):
     return ModelConfig(D=12, H=H, layers=layers, n_out=4, mlp_ratio=2, causal=False)
 
 
-def test_alpha_zero_is_a_vit_encoder_with_nn_multihead_attention():
+def _encode(model, x):
+    for block in model.blocks:
+        x = block(x)  # (B, N, D)
+    return x
+
+
+def test_no_spectral_block_is_a_vit_encoder_with_nn_multihead_attention():
     torch.manual_seed(0)
-    encoder = SpectFormerEncoder(_config(2), (3, 5), alpha=0).double()
+    model = spectformer(_config(2), (3, 5), 0, torch.nn.Identity()).double()
     x = torch.randn(2, 15, 12, dtype=torch.float64)
     expected = x
-    for block in encoder.blocks:
+    for block in model.blocks:
         attn = block.attn
         reference = torch.nn.MultiheadAttention(12, 3, batch_first=True, dtype=torch.float64)
         with torch.no_grad():
@@ -161,17 +172,17 @@ def test_alpha_zero_is_a_vit_encoder_with_nn_multihead_attention():
         h = block.norm1(expected)
         expected = expected + reference(h, h, h, need_weights=False)[0]
         expected = expected + block.mlp(block.norm2(expected))
-    torch.testing.assert_close(encoder(x), expected)
+    torch.testing.assert_close(_encode(model, x), expected)
 
 
-def test_alpha_equal_to_depth_is_gfnet():
+def test_all_blocks_spectral_is_gfnet():
     torch.manual_seed(0)
     h, w = 4, 5
-    encoder = SpectFormerEncoder(_config(3), (h, w), alpha=3)
-    assert all(isinstance(b, SpectralBlock) for b in encoder.blocks)
+    model = spectformer(_config(3), (h, w), 3, torch.nn.Identity())
+    assert all(isinstance(b, SpectralBlock) for b in model.blocks)
     x = torch.randn(2, h * w, 12)
     expected = x
-    for block in encoder.blocks:
+    for block in model.blocks:
         # GFNet: x <- x + MLP(LN2(irfft2(rfft2(LN1(x)) ⊙ W, s=(h, w))))
         grid = block.norm1(expected).reshape(2, h, w, 12)
         W = torch.view_as_complex(block.filter.weight)
@@ -179,27 +190,65 @@ def test_alpha_equal_to_depth_is_gfnet():
             torch.fft.rfft2(grid, dim=(1, 2), norm="ortho") * W, s=(h, w), dim=(1, 2), norm="ortho"
         )
         expected = expected + block.mlp(block.norm2(mixed.reshape(2, h * w, 12)))
-    torch.testing.assert_close(encoder(x), expected)
+    torch.testing.assert_close(_encode(model, x), expected)
 
 
-@pytest.mark.parametrize("alpha", [0, 1, 2, 3])
-def test_the_first_alpha_blocks_are_spectral_and_heads_are_a_parameter(alpha):
+@pytest.mark.parametrize("n_spectral", [0, 1, 2, 3])
+def test_the_first_blocks_are_spectral_and_heads_are_a_parameter(n_spectral):
     h, w, D = 4, 6, 12
-    encoder = SpectFormerEncoder(_config(3, H=4), (h, w), alpha=alpha)
-    kinds = [isinstance(b, SpectralBlock) for b in encoder.blocks]
-    assert kinds == [True] * alpha + [False] * (3 - alpha)
-    assert all(b.attn.H == 4 for b in encoder.blocks[alpha:])
+    model = spectformer(_config(3, H=4), (h, w), n_spectral, torch.nn.Identity())
+    kinds = [isinstance(b, SpectralBlock) for b in model.blocks]
+    assert kinds == [True] * n_spectral + [False] * (3 - n_spectral)
+    assert all(isinstance(b, Block) and b.attn.H == 4 for b in model.blocks[n_spectral:])
     ln, mlp = 2 * 2 * D, (D * 2 * D + 2 * D) + (2 * D * D + D)
     spectral = h * (w // 2 + 1) * D * 2 + ln + mlp  # filter + two LayerNorms + MLP
     attention = 4 * (D * D + D) + ln + mlp
-    assert sum(p.numel() for p in encoder.parameters()) == alpha * spectral + (3 - alpha) * attention
-    assert encoder(torch.randn(2, h * w, D)).shape == (2, h * w, D)
+    blocks = sum(p.numel() for p in model.blocks.parameters())
+    assert blocks == n_spectral * spectral + (3 - n_spectral) * attention
+    assert model(torch.randn(2, h * w, D)).shape == (2, h * w, 4)
 
 
-def test_encoder_refuses_bad_settings():
-    with pytest.raises(ValueError, match="alpha must be <="):
-        SpectFormerEncoder(_config(2), (3, 5), alpha=3)
+def test_spectformer_refuses_bad_settings():
+    with pytest.raises(ValueError, match="n_spectral must be <="):
+        spectformer(_config(2), (3, 5), 3, torch.nn.Identity())
     with pytest.raises(ValueError, match="causal"):
-        SpectFormerEncoder(ModelConfig(D=12, H=3, layers=2, n_out=4), (3, 5), alpha=1)
-    with pytest.raises(TypeError, match="alpha must be an integer"):
-        SpectFormerEncoder(_config(2), (3, 5), alpha=1.0)
+        spectformer(ModelConfig(D=12, H=3, layers=2, n_out=4), (3, 5), 1, torch.nn.Identity())
+    with pytest.raises(TypeError, match="n_spectral must be an integer"):
+        spectformer(_config(2), (3, 5), 1.0, torch.nn.Identity())
+    with pytest.raises(ValueError, match="takes no mask"):
+        SpectralBlock(_config(1), (3, 5))(torch.randn(1, 15, 12), mask=torch.ones(15, 15, dtype=torch.bool))
+
+
+def test_patch_embed_cuts_row_major_patches():
+    embed = PatchEmbed(3, 2, 5)
+    images = torch.randn(2, 3, 4, 6)
+    tokens = embed(images)
+    assert tokens.shape == (2, 6, 5)  # a 2 × 3 grid of patches
+    # token 4 is grid row 1, column 1: pixels [2:4, 2:4]
+    patch = images[:, :, 2:4, 2:4].reshape(2, -1)
+    torch.testing.assert_close(tokens[:, 4], embed.proj(patch))
+
+
+def test_classify_is_global_average_pooling_before_the_readout():
+    torch.manual_seed(0)
+    config = ModelConfig(D=12, H=3, layers=2, n_out=4, max_len=16, mlp_ratio=2, causal=False)
+    model = spectformer(config, (4, 4), 1, PatchEmbed(3, 2, 12))
+    images = torch.randn(3, 3, 8, 8)
+    x = model.embed(images) + model.pos.weight[:16]
+    pooled = model.norm(_encode(model, x)).mean(1)  # SpectFormer: head(LN(x).mean(1))
+    torch.testing.assert_close(classify(model, images), model.readout(pooled))
+
+
+def test_grating_squares_factors_and_a_short_training_run():
+    data = grating_squares(200, size=8, patch=2, n_colours=2, generator=torch.Generator().manual_seed(0))
+    assert data.images.shape == (200, 3, 8, 8)
+    assert torch.equal(data.target, 2 * data.frequency + data.same)
+    assert (data.squares[:, 0] != data.squares[:, 1]).all()
+    # the two squares' pixels: equal colours exactly when same == 1
+    grid = data.images.unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2)).flatten(2)  # (B, 3, 16)
+    a = grid[torch.arange(200), :, data.squares[:, 0]]
+    b = grid[torch.arange(200), :, data.squares[:, 1]]
+    assert torch.equal((a == b).all(1).long(), data.same)
+    model = train_classifier(1, 0, data, grid=4, patch=2, D=8, H=2, steps=3)
+    result = factor_accuracy(model, data)
+    assert set(result) == {"class", "frequency", "same"} and all(0 <= v <= 1 for v in result.values())

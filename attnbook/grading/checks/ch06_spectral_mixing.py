@@ -1,19 +1,20 @@
 """Chapter 06 checks: Spectral mixing before attention.
 
 Each @task grades one function of exercises/ch06_spectral_mixing.py on fresh random inputs against an
-independent reference; each @mistake declares a common wrong answer once, with the hint a learner gets
-when their answer matches it (tests/exercises/test_ch06_spectral_mixing.py checks that every declared
+independent reference. The common wrong answers are declared once, with their hints, in
+ch06_spectral_mixing_mistakes.py (tests/exercises/test_ch06_spectral_mixing.py checks that every declared
 mistake fails its task and gets its own hint).
 
-The reference does not use torch.fft: it builds the spatial kernel K = irfft2(W) from the inverse real
+The reference does not use torch.fft: it builds the spatial kernel W_conv = irfft2(W) from the inverse real
 DFT written out term by term and convolves circularly with a sum of torch.roll, in float64.
 """
 
+import functools
 import math
 
 import torch
 
-from ..core import CheckFailed, case, mistake, task
+from ..core import CheckFailed, case, task
 from ..expect import describe, expect_close, fresh_generator
 
 # (B, h, w, C, x dtype): square, odd widths, non-square, half-precision input (answered in float32)
@@ -26,9 +27,10 @@ CASES = (
 
 
 def _kernel_reference(weight, h, w):
-    """The kernel K = irfft2(W), written out term by term:
+    """The kernel W_conv = irfft2(W), written out term by term:
 
-    K[y, x, c] = (1/hw) sum_{k_y} sum_{k_x = 0}^{w//2} m_{k_x} Re(W[k_y, k_x, c] e^{2πi(k_y y/h + k_x x/w)}).
+    W_conv[y,x,c] = (1/hw) sum_{k_y} sum_{k_x=0}^{w//2} m_{k_x} Re(W[k_y, k_x, c] e^{2πi(k_y y/h + k_x x/w)})
+    (h, w: the grid's rows and columns, N_y and N_x in the book).
 
     m = 1 for the self-conjugate columns (k_x = 0 and, for even w, k_x = w/2), 2 for the others
     (they stand for their mirrored, negative-frequency twin too).
@@ -46,7 +48,7 @@ def _kernel_reference(weight, h, w):
 
 
 def _reference(x, weight, h, w):
-    """y[y0, x0, c] = sum_{dy, dx} K[dy, dx, c] x[(y0 - dy) mod h, (x0 - dx) mod w, c], in float64."""
+    """y[y0, x0, c] = sum_{dy, dx} W_conv[dy, dx, c] x[(y0 - dy) mod h, (x0 - dx) mod w, c], in float64."""
     B, N, C = x.shape
     grid = x.double().reshape(B, h, w, C)
     kernel = _kernel_reference(weight, h, w)
@@ -59,7 +61,7 @@ def _reference(x, weight, h, w):
 
 @task("ch06.spectral_gating", points=2)
 def check_spectral_gating(fn):
-    """irfft2(rfft2(x) ⊙ W, s=(h, w)) with ortho norm: a per-channel circular convolution."""
+    """irfft2(rfft2(x) ⊙ W, s=(Ny, Nx)) with ortho norm: a per-channel circular convolution."""
     g, _ = fresh_generator()
     for B, h, w, C, dtype in CASES:
         x = torch.randn(B, h * w, C, generator=g, dtype=torch.float64).to(dtype)
@@ -77,54 +79,107 @@ def check_spectral_gating(fn):
             expect_close(answer, expected, what=what)
 
 
-def _half_spectrum(x, h, w):
-    B, N, C = x.shape
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.fft.rfft2(x.to(work).reshape(B, h, w, C), dim=(1, 2), norm="ortho"), work
+@task("ch06.filter_kernel", points=2)
+def check_filter_kernel(fn):
+    """The spatial kernel W_conv_c = irfft2(W_spec,c) (backward norm) of the filter, (C, h, w)."""
+    g, _ = fresh_generator()
+    for h, w, C in ((6, 6, 2), (5, 4, 3), (4, 7, 2), (1, 5, 1)):
+        weight = torch.randn(h, w // 2 + 1, C, 2, generator=g, dtype=torch.float64)
+        what = f"filter_kernel(weight {tuple(weight.shape)}, hw=({h}, {w}))"
+        with case():
+            answer = fn(weight, (h, w))
+            expected = _kernel_reference(weight, h, w).permute(2, 0, 1)  # (C, h, w)
+            expect_close(
+                answer,
+                expected,
+                what=what,
+                hint="W_conv must satisfy spectral_gating(x)[y, x, c] = "
+                "sum_{dy,dx} W_conv[c, dy, dx] x[(y-dy) mod Ny, (x-dx) mod Nx, c]",
+            )
 
 
-@mistake(
-    "ch06.spectral_gating",
-    "ifft2(...).real on the rfft2 half-spectrum: the mirrored (negative k_x) frequencies are missing; "
-    "invert with irfft2, which restores them from the Hermitian symmetry of a real signal's spectrum",
-)
-def gating_ifft2_real(x, weight, hw):
-    h, w = hw
-    X, work = _half_spectrum(x, h, w)
-    W = torch.view_as_complex(weight.to(work).contiguous())
-    return torch.fft.ifft2(X * W, s=(h, w), dim=(1, 2), norm="ortho").real.reshape(x.shape)
+def _roll_reference(h, w, C, shift):
+    """A filter that rolls, built without a formula: the spectrum of a one-hot kernel at the shift.
+
+    Rolling by (s_y, s_x) is the circular convolution with a 1 at (s_y mod h, s_x mod w); with ortho
+    transforms on both sides, a kernel's filter is its rfft2 with the default (backward) norm.
+    """
+    kernel = torch.zeros(h, w, dtype=torch.float64)
+    kernel[shift[0] % h, shift[1] % w] = 1.0
+    W = torch.fft.rfft2(kernel)  # (Ny, Nx//2+1): W_conv = irfft2(W) with the backward norm
+    return torch.view_as_real(W)[:, :, None, :].expand(h, w // 2 + 1, C, 2)
 
 
-@mistake(
-    "ch06.spectral_gating",
-    "irfft2 without s=(h, w): from w//2+1 frequency columns it rebuilds an even width 2·(w//2), "
-    "so an odd w comes back one column short",
-)
-def gating_irfft2_without_size(x, weight, hw):
-    h, w = hw
-    X, work = _half_spectrum(x, h, w)
-    W = torch.view_as_complex(weight.to(work).contiguous())
-    return torch.fft.irfft2(X * W, dim=(1, 2), norm="ortho").reshape(x.shape[0], -1, x.shape[2])
+@task("ch06.shift_filter", points=1)
+def check_shift_filter(fn):
+    """The phase ramp W = exp(-2πi(k_y s_y/h + k_x s_x/w)): filtering with it rolls the grid."""
+    for h, w, C, shift in ((6, 5, 2, (2, 3)), (4, 6, 3, (-1, 2)), (7, 3, 1, (3, 0)), (5, 8, 2, (0, -5))):
+        what = f"shift_filter(hw=({h}, {w}), C={C}, shift={shift})"
+        with case():
+            answer = fn((h, w), C, shift)
+            expect_close(
+                answer,
+                _roll_reference(h, w, C, shift),
+                what=what,
+                hint="spectral_gating with this filter must equal "
+                "torch.roll(grid, shifts=shift, dims=(rows, cols))",
+            )
 
 
-@mistake(
-    "ch06.spectral_gating",
-    "the output is 1/sqrt(h·w) too small: the normalisation is applied twice (norm='ortho' forward, then "
-    "the default 'backward' inverse divides by h·w again); use norm='ortho' in both transforms",
-)
-def gating_norm_twice(x, weight, hw):
-    h, w = hw
-    X, work = _half_spectrum(x, h, w)
-    W = torch.view_as_complex(weight.to(work).contiguous())
-    return torch.fft.irfft2(X * W, s=(h, w), dim=(1, 2)).reshape(x.shape)
+# ---------------------------------------------------------------------------------------------
+# The experiment: the chapter's miniature, scaled down to about a second per model.
+DATA = dict(size=8, patch=2, low=1.0, high=2.0, amplitude=0.3, jitter=2.5, noise=0.1, n_colours=2)
+RECIPE = dict(grid=4, patch=2, D=16, H=2, layers=2, steps=120, batch_size=32, lr=5e-3)
+REFERENCE_SEEDS = (0, 1, 2)
 
 
-@mistake(
-    "ch06.spectral_gating",
-    "the result is cast back to float16; half-precision input is computed and returned in float32",
-)
-def gating_casts_back(x, weight, hw):
-    h, w = hw
-    X, work = _half_spectrum(x, h, w)
-    W = torch.view_as_complex(weight.to(work).contiguous())
-    return torch.fft.irfft2(X * W, s=(h, w), dim=(1, 2), norm="ortho").reshape(x.shape).to(x.dtype)
+@functools.cache
+def _reference_factors(n_spectral: int, seed: int) -> dict[str, float]:
+    """The recipe of exercises/ch06_spectral_mixing.py's frequency_accuracy, run by the reference:
+    its accuracy on the class and on each factor (cached: it trains a model)."""
+    from ...mechanisms.spectral_mixing import factor_accuracy, train_classifier
+    from ...tasks.grating_squares import grating_squares
+
+    train_set = grating_squares(1000, generator=torch.Generator().manual_seed(100 + seed), **DATA)
+    test_set = grating_squares(500, generator=torch.Generator().manual_seed(1000 + seed), **DATA)
+    model = train_classifier(n_spectral, seed, train_set, **RECIPE)
+    return factor_accuracy(model, test_set)
+
+
+def _reference_accuracies(n_spectral: int) -> tuple[float, ...]:
+    """The frequency accuracy of the recipe over REFERENCE_SEEDS."""
+    return tuple(_reference_factors(n_spectral, seed)["frequency"] for seed in REFERENCE_SEEDS)
+
+
+def _accepted_range(n_spectral: int) -> tuple[float, float, float, float]:
+    accs = torch.tensor(_reference_accuracies(n_spectral), dtype=torch.float64)
+    mean, std = accs.mean().item(), accs.std().item()
+    half = max(4 * std, 0.08)  # mean ± 4 std over the seeds, at least ± 0.08
+    return mean - half, mean + half, mean, std
+
+
+@task("ch06.frequency_accuracy", points=3, time_limit=60.0)
+def check_frequency_accuracy(fn):
+    """The learner's measured frequency accuracy (L_spec = 2) lies in the range the reference runs give."""
+    gen, _ = fresh_generator()
+    seed = int(torch.randint(10, 1000, (1,), generator=gen))  # a seed the reference did not use
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models train fastest on one thread
+    try:
+        with case():
+            low, high, mean, std = _accepted_range(2)
+            got = fn(2, seed)
+            if isinstance(got, torch.Tensor) and got.numel() == 1:
+                got = got.item()
+            if not isinstance(got, (float, int)):
+                raise CheckFailed(f"frequency_accuracy returned {type(got).__name__}; return a float")
+            if not low <= float(got) <= high:
+                raise CheckFailed(
+                    f"frequency_accuracy(n_spectral=2, seed={seed}) = {float(got):.3f}, but the reference "
+                    f"runs give {mean:.3f} ± {std:.3f} over seeds {REFERENCE_SEEDS} "
+                    f"(accepted: {low:.3f} ... {high:.3f})",
+                    hint="follow the recipe in the docstring and return the accuracy on the frequency "
+                    "factor (predicted class // 2 == test_set.frequency)",
+                )
+    finally:
+        torch.set_num_threads(threads)
