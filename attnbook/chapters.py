@@ -336,7 +336,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="pruning-based head importance, attention distance",
         paper="Visual analytics of ViTs 2023",
         status="draft",
-        checks=("ch11.attention_weights",),
+        checks=("ch11.masked_mha", "ch11.distance_profile"),
         bib_keys=("li2023how", "michel2019sixteen"),
     ),
     Chapter(
