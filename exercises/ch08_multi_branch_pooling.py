@@ -5,7 +5,12 @@ Fill in each function, then grade your work from the repository's root with
     attnbook grade 08
 
 or, in a notebook, ``check("ch08.<function name>", your_function)`` from attnbook.grading.
-Use only torch; do not import attnbook.mechanisms.multi_branch_pooling (it solves these).
+
+multi_branch_attention ★★ (20 min), stkim_mask ★★ (20 min), diversity_loss ★ (10 min),
+acmil_loss ★★ (15 min), stkim_experiment ★★★ (30 min, an experiment: it trains a model and returns
+what it measures). Use only torch in the first four; do not import
+attnbook.mechanisms.multi_branch_pooling there (it solves them). stkim_experiment uses attnbook's
+ACMIL, acmil_loss and the shortcut_bags task.
 """
 
 import torch
@@ -66,3 +71,48 @@ def diversity_loss(a: Tensor) -> Tensor:
         branches, 0 for branches on disjoint instances, and 0 (not NaN) when K = 1.
     """
     raise NotImplementedError("ch08.diversity_loss")
+
+
+def acmil_loss(branch_logits: Tensor, slide_logits: Tensor, a: Tensor, y: int) -> Tensor:
+    """ACMIL's training loss for one bag: ℒ = ℒ_div + ℒ_branch + ℒ_slide, unit weights.
+
+    ℒ_slide = CE(slide_logits, y); ℒ_branch = the MEAN over the K branches of CE(branch_logits_k, y);
+    ℒ_div = the mean cosine similarity of the rows of a over the pairs j < k (as diversity_loss).
+    As in the reference training script, one branch (K = 1) drops ℒ_branch (and ℒ_div is 0): the
+    loss is then CE(slide_logits, y) alone.
+
+    Args:
+        branch_logits: class logits of each branch (K, C), float32 or float64.
+        slide_logits: class logits of the slide classifier (C,).
+        a: the branches' attention weights (K, N) that produced them.
+        y: the bag's label, an int in [0, C).
+
+    Returns:
+        a 0-d tensor, differentiable with respect to all three tensors.
+    """
+    raise NotImplementedError("ch08.acmil_loss")
+
+
+def stkim_experiment(p: float, seed: int) -> float:
+    """Experiment: train ABMIL with STKIM (share p) on shortcut bags; return its B/C-only test AUC.
+
+    The recipe of the chapter's section 4 (follow it exactly and you reproduce the reference):
+
+    - ``g = torch.Generator().manual_seed(seed)``; ``patterns = shortcut_patterns(16, g)``;
+      ``train = shortcut_bags(15, "train", patterns, g)``, then
+      ``test = shortcut_bags(60, "test", patterns, g)`` (attnbook.tasks).
+    - ``torch.manual_seed(seed)``; ``model = ACMIL(16, 32, 16, K=1, k_top=10, p=p)``
+      (attnbook.mechanisms.multi_branch_pooling; p = 0 is plain ABMIL);
+      ``torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=1e-5)``.
+    - ``gen = torch.Generator().manual_seed(seed + 100)``; 15 epochs, each over the training bags
+      in the order ``torch.randperm(len(train.bags), generator=gen)``, one bag per step, in
+      ``model.train()`` mode: ``out = model(bag, gen)``, loss
+      ``acmil_loss(out.branch_logits, out.slide_logits, out.attention, label)``.
+    - ``model.eval()``; score every test bag by softmax(out.slide_logits)[1]; keep the bags whose
+      ``test.shown`` is not 0 (the B-only and C-only positives and all negatives) and return the
+      ROC AUC of those scores against ``test.labels`` (ties count one half).
+
+    Returns:
+        the AUC, a float in [0, 1].
+    """
+    raise NotImplementedError("ch08.stkim_experiment")

@@ -42,3 +42,43 @@ def soft_inject(z: Tensor, t: Tensor, alpha: Tensor, last_idx: Tensor) -> Tensor
         T_b equals z.
     """
     raise NotImplementedError("ch10.soft_inject")
+
+
+def optimize_alpha(loss_fn, shape: tuple, batches, lr: float = 0.2, val_loss_fn=None, eval_every: int = 50):
+    """Learn the soft head selection α = sigmoid(a) (L, H) with Adam; the model stays frozen.
+
+    Args:
+        loss_fn: ``loss_fn(alpha, batch) -> scalar tensor``, differentiable in alpha (L, H); it may
+            close over a model whose parameters require gradients: they must receive none.
+        shape: (L, H).
+        batches: an iterable, one batch per step (pass each batch to loss_fn as it is).
+        lr: Adam's learning rate (default betas and eps).
+        val_loss_fn: ``val_loss_fn(alpha) -> float`` or None. When given, evaluate it (without
+            gradients) after every ``eval_every``-th step and return the α with the LOWEST value.
+        eval_every: steps between validations.
+
+    Returns:
+        α (L, H) float32 in (0, 1), detached: the best-validation one, or the final one when
+        val_loss_fn is None.
+
+    The logits a start at 0 (α = 0.5 everywhere); each step computes α = sigmoid(a), the loss,
+    its gradient with respect to a only, and one Adam step on a.
+    """
+    raise NotImplementedError("ch10.optimize_alpha")
+
+
+def embedding_error(M: int, seed: int) -> float:
+    """EXPERIMENT: how many few-shot prompts does a task embedding need?
+
+    1. ``torch.manual_seed(seed)``; build a frozen (untrained) model
+       ``TinyTransformer(ModelConfig(D=32, H=4, layers=2, vocab=20, n_out=10, max_len=11))``.
+    2. With ``g = torch.Generator().manual_seed(seed)``, draw 400 prompts of task 0 (add-1) with 5
+       demonstrations, ``task_prompts(0, 400, 5, g)`` (attnbook.tasks), and compute their task
+       embedding t_ref (L, H, d) from the head activations at the last prompt token.
+    3. Draw M fresh prompts the same way (same generator, after the 400) and compute t_M.
+    4. Return the relative error ‖t_M − t_ref‖ / ‖t_ref‖ (Frobenius norms over all of L, H, d)
+       as a float.
+
+    Run it for M = 5, 20, 50: how does the error shrink with M?
+    """
+    raise NotImplementedError("ch10.embedding_error")

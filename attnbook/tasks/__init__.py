@@ -8,6 +8,8 @@ from .markov_period import MarkovPeriodBatch, markov_period
 from .mixed_lookup import MixedLookupBatch, mixed_lookup
 from .object_captions import CaptionBatch, CaptionVocab, object_captions
 from .permutation_invariant import SetRegression, permutation_invariant_task
+from .shortcut_bags import MILBags, shortcut_bags, shortcut_patterns
+from .task_prompts import TASK_NAMES, TaskPrompts, task_prompts
 from .two_key_recall import TwoKeyBatch, two_key_recall
 from .typed_copy import TypedCopyBatch, typed_copy
 
@@ -33,4 +35,10 @@ __all__ = [
     "object_captions",  # ch. 13, 14
     "GratingSquares",
     "grating_squares",  # ch. 06
+    "MILBags",
+    "shortcut_patterns",
+    "shortcut_bags",  # ch. 08
+    "TASK_NAMES",
+    "TaskPrompts",
+    "task_prompts",  # ch. 10
 ]

@@ -289,3 +289,31 @@ def test_created_tensors_follow_the_inputs(device, dtype):
         results.append(acmil_loss(out.branch_logits, out.slide_logits, out.attention, 1))
     assert_follow(results, h.device, dtype)
     assert stkim_select(logits, 10, 0.6, gen).device == h.device
+
+
+def test_shortcut_bags_hold_the_advertised_patterns():
+    from attnbook.tasks import shortcut_bags, shortcut_patterns
+
+    g = torch.Generator().manual_seed(0)
+    patterns = shortcut_patterns(16, g)
+    train, test = shortcut_bags(6, "train", patterns, g), shortcut_bags(6, "test", patterns, g)
+    assert train.labels.tolist() == [1, 0] * 6 and test.labels.tolist() == [1, 0] * 6
+    for b, (x, kind) in enumerate(zip(train.bags, train.kinds)):
+        assert x.shape == (kind.shape[0], 16) and 40 <= x.shape[0] <= 80
+        counts = [int((kind == k).sum()) for k in range(3)]
+        if train.labels[b] == 1:  # 1-2 A and 5-8 of B (even positives) or C (odd positives)
+            i = b // 2
+            assert 1 <= counts[0] <= 2 and 5 <= counts[1 + i % 2] <= 8 and counts[2 - i % 2] == 0
+            a = x[kind == 0] @ patterns[0]
+            assert (a > 2).all()  # amplitude 4 along u_A, noise 0.5
+        else:
+            assert counts == [0, 0, 0]
+    for b, kind in enumerate(test.kinds):
+        shown = int(test.shown[b])
+        present = [k for k in range(3) if (kind == k).any()]
+        assert present == ([shown] if test.labels[b] == 1 else []) and (shown >= 0) == bool(test.labels[b])
+    again = shortcut_bags(6, "train", patterns, torch.Generator().manual_seed(1))
+    same = shortcut_bags(6, "train", patterns, torch.Generator().manual_seed(1))
+    assert all(torch.equal(x, y) for x, y in zip(again.bags, same.bags))
+    with pytest.raises(ValueError, match="split"):
+        shortcut_bags(2, "valid", patterns, g)

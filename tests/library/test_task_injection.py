@@ -238,3 +238,20 @@ def test_created_tensors_follow_the_inputs(device, dtype):
         results = [soft_inject(z, t, alpha, last_idx), task_embedding(heads, last_idx)]
     assert last_idx.device == z.device
     assert_follow(results, z.device, dtype)
+
+
+def test_task_prompts_interleave_inputs_and_answers():
+    from attnbook.tasks import TASK_NAMES, task_prompts
+    from attnbook.tasks.task_prompts import task_table
+
+    table = task_table()
+    assert len(TASK_NAMES) == 4 and table[0].tolist() == [(x + 1) % 10 for x in range(10)]
+    assert sorted(table[2].tolist()) == list(range(10)) and not torch.equal(table[2], table[3])
+    g = torch.Generator().manual_seed(0)
+    p = task_prompts(torch.tensor([0, 1, 2]), 3, 4, g)
+    assert p.tokens.shape == (3, 9) and p.answers.shape == (3, 5)
+    x = p.tokens[:, 0::2]  # the inputs x₁ … x_q
+    assert (x < 10).all() and (p.tokens[:, 1::2] >= 10).all()
+    assert torch.equal(p.answers, table[p.task[:, None], x])
+    assert torch.equal(p.tokens[:, 1::2] - 10, p.answers[:, :-1])  # the demonstrations' answers
+    assert task_prompts(3, 2, 0, g).tokens.shape == (2, 1)  # zero-shot: the query alone

@@ -206,3 +206,47 @@ def diversity_nan_for_one_branch(a):
     K = a.shape[0]
     j, k = torch.triu_indices(K, K, offset=1)
     return _cosines(a)[j, k].mean()
+
+
+# --- ch08.acmil_loss -----------------------------------------------------------------------------
+
+
+def _ce(logits, y):
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        torch.full((logits.reshape(-1, logits.shape[-1]).shape[0],), y, dtype=torch.long),
+        reduction="none",
+    )
+
+
+def _div(a):
+    K = a.shape[0]
+    j, k = torch.triu_indices(K, K, offset=1)
+    return _cosines(a)[j, k].mean() if K > 1 else a.sum() * 0
+
+
+@mistake(
+    "ch08.acmil_loss",
+    "ℒ_branch kept for K = 1; the reference script drops it with one branch (the loss is CE(slide, y) alone)",
+)
+def loss_branch_term_for_one_branch(branch_logits, slide_logits, a, y):
+    return _ce(slide_logits, y)[0] + _ce(branch_logits, y).mean() + _div(a)
+
+
+@mistake("ch08.acmil_loss", "the branch cross-entropies summed; ℒ_branch is their mean over the K branches")
+def loss_branch_summed(branch_logits, slide_logits, a, y):
+    K = branch_logits.shape[0]
+    extra = _ce(branch_logits, y).sum() + _div(a) if K > 1 else 0
+    return _ce(slide_logits, y)[0] + extra
+
+
+@mistake("ch08.acmil_loss", "the diversity term left out; ℒ = ℒ_div + ℒ_branch + ℒ_slide")
+def loss_without_diversity(branch_logits, slide_logits, a, y):
+    K = branch_logits.shape[0]
+    return _ce(slide_logits, y)[0] + (_ce(branch_logits, y).mean() if K > 1 else 0)
+
+
+@mistake("ch08.acmil_loss", "the slide term left out; the slide classifier is trained by CE(slide_logits, y)")
+def loss_without_slide(branch_logits, slide_logits, a, y):
+    K = branch_logits.shape[0]
+    return _ce(branch_logits, y).mean() + _div(a) if K > 1 else _ce(branch_logits, y).mean()
