@@ -360,12 +360,19 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter(
         number="13",
         slug="attention-sinks",
-        title="Attention sinks",
+        title="Attention sinks and their redistribution (VAR)",
         mechanism="massive activations, sink tokens",
         paper="Visual Attention Sink 2025",
-        status="draft",
-        checks=("ch13.sink_mask", "ch13.image_centric", "ch13.redistribute"),
-        bib_keys=("kang2025see", "xiao2023efficient"),
+        status="written",
+        tasks=("object_captions",),
+        checks=(
+            "ch13.sink_mask",
+            "ch13.image_centric",
+            "ch13.redistribute",
+            "ch13.var_heads",
+            "ch13.ablation_accuracy",
+        ),
+        bib_keys=("kang2025see", "xiao2023efficient", "sun2024massive", "darcet2024vision"),
     ),
     Chapter(
         number="14",

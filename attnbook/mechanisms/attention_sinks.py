@@ -5,18 +5,24 @@ W_O^h), with the keys split into text and an image span I:
 
 1. **Sink tokens** are found on the residual stream x_t entering a layer (the block's input, not
    the attention's LayerNorm output), normalised without a learned weight:
-       RMSNorm(x) = x / sqrt(mean_d x_d² + ε),   φ(x_t) = max_{d ∈ D_sink} |RMSNorm(x_t)_d|,
-       t is a sink  ⇔  φ(x_t) > τ.
+       RMSNorm(x) = x / sqrt(mean_d x_d² + ε),   MA(x_t) = max_{d ∈ D_sink} |RMSNorm(x_t)_d|,
+       t is a sink  ⇔  MA(x_t) > χ_MA.
    D_sink is a property of the model (its massive-activation dimensions). Since
-   |RMSNorm(x)_d| ≤ sqrt(D), τ must be below sqrt(D): τ = 20 suits D = 4096, not D = 64.
+   |RMSNorm(x)_d| ≤ sqrt(D), χ_MA must be below sqrt(D): χ_MA = 20 suits D = 4096, not D = 64.
    Visual sinks are the sinks inside I, text sinks the others (BOS, say).
 2. **Image-centric heads**, per head and query row of the post-softmax A:
-       ν = Σ_{j∈I} A_qj ≥ summ   and   r = Σ_{j∈I, sink} A_qj / ν ≤ ρ.
-3. **Redistribution (VAR)** on the selected rows: every sink keeps a fraction p of its weight and
-   the rest, Ω = (1 - p) Σ_{j sink} A_qj, goes to the non-sink image tokens in proportion to
-   their weight:  A'_qj = A_qj + Ω A_qj / Σ_{j'∈I∖sinks} A_qj'.  Then out = A' V W_O.
+       VR = Σ_{j∈I} A_qj ≥ χ_VR   and   SR = Σ_{j∈I, sink} A_qj / VR ≤ χ_SR.
+3. **Redistribution (VAR)** on the selected rows: every sink keeps a fraction α of its weight and
+   the rest, the budget (1 - α) Σ_{j sink} A_qj, goes to the non-sink image tokens in proportion to
+   their weight:  A'_qj = A_qj + budget · A_qj / Σ_{j'∈I∖sinks} A_qj'.  Then out = A' V W_O.
 
-Rows keep their sums, so A' is still a distribution; p = 1 is the identity.
+Rows keep their sums, so A' is still a distribution; α = 1 is the identity.
+
+Names: the thresholds χ_MA, χ_VR, χ_SR and the kept fraction α are the paper's τ, summ, ρ and p
+(the book keeps τ for the score scale, ρ for a magnitude, p_i for a position); the arguments keep
+the official code's names ``tau``, ``summ``, ``rho`` and ``p``. The chapter's experiment uses
+:func:`train_captioner` (the object-captions toy with a planted massive activation),
+:func:`replaced_values` and :func:`caption_accuracy`.
 
 Why a wrapper and not an extension point: VAR edits the weights AFTER the softmax, and
 :class:`~attnbook.attention.MultiHeadAttention` has no hook there (its points act on q, k, the
@@ -30,6 +36,7 @@ reads it with a forward pre-hook on each block of a :class:`~attnbook.models.Tin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 from collections.abc import Sequence
@@ -50,6 +57,9 @@ __all__ = [
     "mean_replace_values",
     "VARAttention",
     "apply_var",
+    "replaced_values",
+    "train_captioner",
+    "caption_accuracy",
 ]
 
 
@@ -100,13 +110,13 @@ def rms_normalise(x: Tensor, eps: float = 1e-6) -> Tensor:
 
 
 def sink_scores(h: Tensor, dims: Sequence[int] | Tensor, eps: float = 1e-6) -> Tensor:
-    """φ(h_t) = max over the sink dimensions of |RMSNorm(h_t)|.
+    """MA(h_t) = max over the sink dimensions of |RMSNorm(h_t)|.
 
     Args:
         h: (B, N, D) a layer's input hidden states (the residual stream).
         dims: the sink dimensions D_sink, ints in [0, D) (a list or a 1-D integer tensor).
     Returns:
-        (B, N) φ in float32 (float64 for float64 input); each entry ≤ sqrt(D).
+        (B, N) MA in float32 (float64 for float64 input); each entry ≤ sqrt(D).
     """
     require_tensor(h, "h", ndim=3, floating=True, shape="(B, N, D)")
     D = h.shape[-1]
@@ -115,12 +125,12 @@ def sink_scores(h: Tensor, dims: Sequence[int] | Tensor, eps: float = 1e-6) -> T
         raise TypeError(f"dims must be a non-empty 1-D list of integer dimensions, got {dims.tolist()}")
     if dims.min() < 0 or dims.max() >= D:
         raise ValueError(f"dims must lie in [0, D={D}), got {dims.tolist()}")
-    # φ = max_{d ∈ D_sink} |RMSNorm(h)_d|
+    # MA = max_{d ∈ D_sink} |RMSNorm(h)_d|
     return rms_normalise(h, eps)[..., dims.long()].abs().amax(dim=-1)
 
 
 def sink_mask(h: Tensor, dims: Sequence[int] | Tensor, tau: float, eps: float = 1e-6) -> Tensor:
-    """Sink tokens: φ(h_t) > τ (strictly), on normalised activations.
+    """Sink tokens: MA(h_t) > χ_MA (strictly), on normalised activations.
 
     Args:
         h: (B, N, D) a layer's input hidden states; dims: D_sink; tau: the threshold (< sqrt(D)).
@@ -128,14 +138,14 @@ def sink_mask(h: Tensor, dims: Sequence[int] | Tensor, tau: float, eps: float = 
         (B, N) bool, True on sink tokens.
     """
     tau = _number(tau, "tau", 0.0)
-    # t is a sink ⇔ φ(h_t) > τ
+    # t is a sink ⇔ MA(h_t) > χ_MA
     return sink_scores(h, dims, eps) > tau
 
 
 def image_centric(weights: Tensor, img: slice, sink: Tensor, rho: float = 0.5, summ: float = 0.2) -> Tensor:
     """The (head, query) rows that look at the image but not mostly at its sinks.
 
-    Selected ⇔ ν = Σ_{j∈I} A_qj ≥ summ and r = Σ_{j∈I, sink} A_qj / ν ≤ ρ (r = 0 when ν = 0).
+    Selected ⇔ VR = Σ_{j∈I} A_qj ≥ summ and SR = Σ_{j∈I, sink} A_qj / VR ≤ χ_SR (SR = 0 when VR = 0).
     As in the official code, a sequence with no visual sink selects nothing.
 
     Args:
@@ -151,10 +161,10 @@ def image_centric(weights: Tensor, img: slice, sink: Tensor, rho: float = 0.5, s
     rho, summ = _number(rho, "rho", 0.0, 1.0), _number(summ, "summ", 0.0, 1.0)
     in_img = _image_keys(img, M, A.device)  # (M,)
     vis_sink = sink & in_img  # (B, M)
-    # ν = Σ_{j∈I} A_qj
+    # VR = Σ_{j∈I} A_qj
     nu = (A * in_img).sum(-1)  # (B, H, N)
     sink_mass = (A * vis_sink[:, None, None, :]).sum(-1)  # (B, H, N)
-    # r = Σ_{j∈I∩sinks} A_qj / ν, defined as 0 where ν = 0
+    # SR = Σ_{j∈I∩sinks} A_qj / VR, defined as 0 where VR = 0
     share = torch.where(
         nu > 0, sink_mass / torch.where(nu > 0, nu, torch.ones_like(nu)), torch.zeros_like(nu)
     )
@@ -165,8 +175,8 @@ def image_centric(weights: Tensor, img: slice, sink: Tensor, rho: float = 0.5, s
 def redistribute(weights: Tensor, sink: Tensor, img: slice, sel: Tensor, p: float = 0.6) -> Tensor:
     """VAR: move (1 - p) of the sink mass onto the non-sink image tokens of the selected rows.
 
-    A'_qj = p A_qj on every sink j (text and visual); Ω = (1 - p) Σ_{j sink} A_qj;
-    A'_qj = A_qj + Ω A_qj / m_ns on the non-sink image tokens, m_ns = Σ_{j∈I∖sinks} A_qj;
+    A'_qj = p A_qj on every sink j (text and visual); budget = (1 - p) Σ_{j sink} A_qj;
+    A'_qj = A_qj + budget · A_qj / m_ns on the non-sink image tokens, m_ns = Σ_{j∈I∖sinks} A_qj;
     other tokens and unselected rows unchanged. Rows with m_ns = 0 (an all-sink image, or no
     weight on its other tokens) have nowhere to send the budget and stay unchanged.
 
@@ -188,12 +198,12 @@ def redistribute(weights: Tensor, sink: Tensor, img: slice, sel: Tensor, p: floa
     p = _number(p, "p", 0.0, 1.0)
     s = sink[:, None, None, :]  # (B, 1, 1, M)
     ns_img = (_image_keys(img, M, A.device) & ~sink)[:, None, None, :]  # (B, 1, 1, M)
-    # Ω = (1 - p) Σ_{j sink} A_qj
+    # budget = (1 - p) Σ_{j sink} A_qj
     budget = (1 - p) * (A * s).sum(-1, keepdim=True)  # (B, H, N, 1)
     # m_ns = Σ_{j ∈ I∖sinks} A_qj
     m_ns = (A * ns_img).sum(-1, keepdim=True)  # (B, H, N, 1)
     safe = torch.where(m_ns > 0, m_ns, torch.ones_like(m_ns))
-    # A'_qj = p A_qj (sinks);  A_qj + Ω A_qj / m_ns (non-sink image);  A_qj (others)
+    # A'_qj = p A_qj (sinks);  A_qj + budget · A_qj / m_ns (non-sink image);  A_qj (others)
     edited = torch.where(s, p * A, A) + torch.where(ns_img, budget * A / safe, torch.zeros_like(A))
     keep = ~(sel[..., None] & (m_ns > 0))  # (B, H, N, 1)
     return torch.where(keep, A, edited)
@@ -202,7 +212,7 @@ def redistribute(weights: Tensor, sink: Tensor, img: slice, sel: Tensor, p: floa
 def grouped_var_output(
     weights: Tensor, v: Tensor, sink: Tensor, img: slice, sel: Tensor, p: float = 0.6
 ) -> Tensor:
-    """A' V without forming A': out = O_other + p O_sink + (1 + Ω / m_ns) O_ns on selected rows.
+    """A' V without forming A': out = O_other + p O_sink + (1 + budget / m_ns) O_ns on selected rows.
 
     O_g = Σ_{j∈g} A_qj v_j over three key groups (sinks, non-sink image, the rest): one pass
     that accumulates three partial outputs and masses, as a fused kernel would.
@@ -227,7 +237,7 @@ def grouped_var_output(
     m_sink, m_ns = (A * g_sink).sum(-1, keepdim=True), (A * g_ns).sum(-1, keepdim=True)  # (B, H, N, 1)
     active = sel[..., None] & (m_ns > 0)
     c_sink = torch.where(active, torch.full_like(m_sink, p), torch.ones_like(m_sink))
-    # 1 + Ω / m_ns with Ω = (1 - p) m_sink
+    # 1 + budget / m_ns with budget = (1 - p) m_sink
     c_ns = torch.where(active, 1 + (1 - p) * m_sink / torch.where(m_ns > 0, m_ns, torch.ones_like(m_ns)), 1.0)
     return o_other + c_sink * o_sink + c_ns * o_ns
 
@@ -341,7 +351,7 @@ def apply_var(
         wrappers.append(wrapper)
 
         def read_input(module, args, layer=layer, wrapper=wrapper, active=active):
-            # φ on the block's input x_l (the residual stream), sinks where φ > τ
+            # MA on the block's input x_l (the residual stream), sinks where MA > χ_MA
             phi = sink_scores(args[0], dims, eps)  # (B, N)
             records[layer]["phi"] = phi
             wrapper.sink = phi > tau if active else None
@@ -360,3 +370,76 @@ def apply_var(
     for record, wrapper in zip(records, wrappers):
         record.update(wrapper.record)
     return logits, records
+
+
+@contextlib.contextmanager
+def replaced_values(model: nn.Module, tokens: Tensor):
+    """Within the block, every layer of ``model`` mean-replaces the values of ``tokens`` (B, M) bool.
+
+    Sets each block's ``attn.value_transform`` to :func:`mean_replace_values` and restores it after.
+    """
+    layers = [block.attn for block in model.blocks]
+    saved = [layer.value_transform for layer in layers]
+    try:
+        for layer in layers:
+            layer.value_transform = lambda v: mean_replace_values(v, tokens)
+        yield model
+    finally:
+        for layer, value_transform in zip(layers, saved):
+            layer.value_transform = value_transform
+
+
+# the chapter's toy: one pair of objects per image, one register, 12 slots (N = 17)
+CAPTIONS = dict(n_objects=8, n_slots=12, pairs_per_image=1, n_registers=1)
+
+
+def train_captioner(
+    seed: int,
+    *,
+    D: int = 64,
+    H: int = 4,
+    layers: int = 3,
+    mlp_ratio: int = 1,
+    steps: int = 100,
+    batch_size: int = 16,
+    lr: float = 4e-3,
+    sink_dim: int = 5,
+    spike: float = 30.0,
+) -> nn.Module:
+    """Train a TinyTransformer on object captions (``CAPTIONS``) with a planted massive activation.
+
+    The register token's embedding holds ``spike`` on dimension ``sink_dim``, frozen during
+    training (its gradient there is zeroed); everything else trains. ``seed`` fixes the initial
+    weights and the batches. Returns the model in eval mode.
+    """
+    import torch.nn.functional as F
+
+    from ..models import ModelConfig, TinyTransformer
+    from ..tasks.object_captions import IGNORE, object_captions
+    from ..train import train
+
+    vocab = object_captions(1, **CAPTIONS).vocab
+    N = CAPTIONS["n_slots"] + 2 * CAPTIONS["pairs_per_image"] + 3
+    torch.manual_seed(seed)
+    config = ModelConfig(D=D, H=H, layers=layers, vocab=vocab.size, max_len=N, mlp_ratio=mlp_ratio)
+    model = TinyTransformer(config)
+    with torch.no_grad():
+        model.embed.weight[vocab.register, sink_dim] = spike
+    frozen = torch.ones_like(model.embed.weight)
+    frozen[vocab.register, sink_dim] = 0.0
+    handle = model.embed.weight.register_hook(lambda grad: grad * frozen)
+
+    def loss_fn(m, batch):
+        logits = m(batch.tokens)  # (B, N, vocab)
+        return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
+
+    batches = lambda step, g: object_captions(batch_size, generator=g, **CAPTIONS)  # noqa: E731
+    train(model, batches, loss_fn, steps=steps, lr=lr, seed=seed, progress=False)
+    handle.remove()
+    return model.eval()
+
+
+def caption_accuracy(logits: Tensor, batch) -> float:
+    """Fraction of caption positions (targets != IGNORE) whose argmax is the target; logits (B, N, V)."""
+    answer = batch.targets != -100
+    return (logits.argmax(-1)[answer] == batch.targets[answer]).float().mean().item()

@@ -11,15 +11,18 @@ from attnbook.mechanisms import attention_sinks as mechanism
 from attnbook.mechanisms.attention_sinks import (
     VARAttention,
     apply_var,
+    caption_accuracy,
     grouped_var_output,
     image_centric,
     mean_replace_values,
     redistribute,
+    replaced_values,
     rms_normalise,
     sink_mask,
     sink_scores,
 )
 from attnbook.models import ModelConfig, TinyTransformer
+from attnbook.tasks import object_captions
 from tests.library.device_check import assert_follow, on_devices_and_dtypes, tensors_without_device_go_to_meta
 
 CHAPTER = by_number("13")
@@ -214,6 +217,37 @@ def test_mean_replace_values_matches_a_loop():
         for j in range(6):
             assert torch.allclose(got[b, :, j], mean if (b, j) in chosen else v[b, :, j])
     assert torch.equal(mean_replace_values(v, torch.zeros_like(tokens)), v)
+
+
+def test_replaced_values_mean_replaces_in_every_layer_and_restores():
+    torch.manual_seed(0)
+    model = TinyTransformer(ModelConfig(D=16, H=2, layers=2, vocab=9, max_len=6)).double().eval()
+    ids = torch.tensor([[8, 0, 1, 2, 3, 4], [8, 4, 3, 2, 1, 0]])
+    chosen = torch.zeros(2, 6, dtype=torch.bool)
+    chosen[:, 1:3] = True
+    with torch.no_grad():
+        plain = model(ids)
+        with replaced_values(model, chosen):
+            inside = model(ids)
+        for block in model.blocks:
+            block.attn.value_transform = lambda v: mean_replace_values(v, chosen)
+        by_hand = model(ids)
+        for block in model.blocks:
+            block.attn.value_transform = None
+        assert torch.equal(model(ids), plain)
+    assert torch.equal(inside, by_hand) and not torch.allclose(inside, plain)
+    assert all(block.attn.value_transform is None for block in model.blocks)
+
+
+def test_caption_accuracy_counts_only_the_caption_positions():
+    batch = object_captions(4, n_registers=1, generator=torch.Generator().manual_seed(0))
+    answer = batch.targets != -100
+    logits = torch.zeros(*batch.targets.shape, batch.vocab.size)
+    logits[answer] = torch.nn.functional.one_hot(batch.targets[answer], batch.vocab.size).float()
+    assert caption_accuracy(logits, batch) == 1.0
+    first = answer.float().argmax(-1)  # the [DESC] position of each row: wrong there
+    logits[torch.arange(4), first] = logits[torch.arange(4), first].roll(1, -1)
+    assert abs(caption_accuracy(logits, batch) - (1 - 4 / answer.sum().item())) < 1e-6
 
 
 # ---- the layer and the model -----------------------------------------------------------------

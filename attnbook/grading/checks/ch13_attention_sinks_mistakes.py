@@ -24,14 +24,14 @@ def sink_mask_raw(h, dims, tau, eps=1e-6):
     return h.float()[..., dims].abs().amax(-1) > tau
 
 
-@mistake("ch13.sink_mask", "the threshold is strict: a token is a sink when φ > τ, not φ >= τ")
+@mistake("ch13.sink_mask", "the threshold is strict: a token is a sink when MA > χ_MA, not MA >= χ_MA")
 def sink_mask_not_strict(h, dims, tau, eps=1e-6):
     return _rms(h.double(), eps)[..., dims].abs().amax(-1) >= tau
 
 
 @mistake(
     "ch13.sink_mask",
-    "you took the maximum over every dimension; φ looks only at the sink dimensions `dims`",
+    "you took the maximum over every dimension; MA looks only at the sink dimensions `dims`",
 )
 def sink_mask_all_dims(h, dims, tau, eps=1e-6):
     return _rms(h.double(), eps).abs().amax(-1) > tau
@@ -58,8 +58,8 @@ def _centric(A, img, sink, rho, summ, *, share_of_row=False, text_sinks=False, n
 
 @mistake(
     "ch13.image_centric",
-    "the visual-sink share r is relative to the image's mass ν = Σ_{j∈I} A_qj, not to the whole row: "
-    "divide the visual sinks' mass by ν",
+    "the visual-sink share SR is relative to the image's mass VR = Σ_{j∈I} A_qj, not to the whole row: "
+    "divide the visual sinks' mass by VR",
 )
 def image_centric_share_of_row(A, img, sink, rho, summ):
     return _centric(A, img, sink, rho, summ, share_of_row=True)
@@ -117,7 +117,7 @@ def redistribute_resoftmax(A, sink, img, sel, p):
 @mistake(
     "ch13.redistribute",
     "you spread the budget uniformly; give each non-sink image token a share proportional to its own "
-    "attention, Ω·A_qj / Σ_{j'∈I∖sinks} A_qj'",
+    "attention, budget·A_qj / Σ_{j'∈I∖sinks} A_qj'",
 )
 def redistribute_uniform(A, sink, img, sel, p):
     return _redistribute(A, sink, img, sel, p, uniform=True)
@@ -134,8 +134,39 @@ def redistribute_includes_visual_sinks(A, sink, img, sel, p):
 
 @mistake(
     "ch13.redistribute",
-    "the budget Ω = (1 - p)·Σ A_qj runs over ALL sinks, text sinks (BOS) included: "
+    "the budget (1 - p)·Σ A_qj runs over ALL sinks, text sinks (BOS) included: "
     "their weight is scaled by p too, and what they lose goes to the image",
 )
 def redistribute_forgets_text_budget(A, sink, img, sel, p):
     return _redistribute(A, sink, img, sel, p, text_budget=False)
+
+
+def _var_heads(q, k, v, h, dims, tau, img, rho, summ, p, *, every_row=False, causal=True):
+    N = q.shape[-2]
+    sink = _rms(h.double(), 1e-6)[..., dims].abs().amax(-1) > tau
+    scores = q.double() @ k.double().transpose(-2, -1) / q.shape[-1] ** 0.5
+    if causal:
+        scores = scores.masked_fill(~torch.ones(N, N, dtype=torch.bool).tril(), float("-inf"))
+    A = torch.softmax(scores, -1)
+    sel = _centric(A, img, sink, rho, summ)
+    if not every_row:
+        sel = sel & (torch.arange(N) >= img.stop)
+    return (_redistribute(A, sink, img, sel, p) @ v.double()).to(q.dtype)
+
+
+@mistake(
+    "ch13.var_heads",
+    "VAR edits only the query rows of the text AFTER the image (positions i >= img.stop); "
+    "the rows of BOS and of the image tokens themselves keep their weights",
+)
+def var_heads_every_row(q, k, v, h, dims, tau, img, rho=0.5, summ=0.2, p=0.6):
+    return _var_heads(q, k, v, h, dims, tau, img, rho, summ, p, every_row=True)
+
+
+@mistake(
+    "ch13.var_heads",
+    "the layer is causal: hide the keys j > i (softmax over q k^T / sqrt(d) with -inf above the diagonal) "
+    "before measuring and redistributing",
+)
+def var_heads_not_causal(q, k, v, h, dims, tau, img, rho=0.5, summ=0.2, p=0.6):
+    return _var_heads(q, k, v, h, dims, tau, img, rho, summ, p, causal=False)
