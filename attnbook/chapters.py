@@ -353,9 +353,10 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Retrieval heads",
         mechanism="retrieval score, needle in a haystack",
         paper="Retrieval Head 2024",
-        status="draft",
-        checks=("ch12.retrieval_score", "ch12.ablated_attention"),
-        bib_keys=("wu2024retrieval",),
+        status="written",
+        checks=("ch12.retrieval_score", "ch12.ablated_attention", "ch12.masking_curve", "ch12.chance_score"),
+        tasks=("associative_recall",),
+        bib_keys=("olsson2022incontext", "wu2024retrieval"),
     ),
     Chapter(
         number="13",

@@ -1,4 +1,4 @@
-"""Chapter 12 solutions: the retrieval score of each head, and the query-masking ablation."""
+"""Chapter 12 solutions: the retrieval score, the query-masking ablation, the masking curve, chance."""
 
 import math
 
@@ -34,3 +34,41 @@ def ablated_attention(q: Tensor, k: Tensor, v: Tensor, ablate: Tensor, mode: str
     if mode == "zero":
         out = out.masked_fill(hidden, 0.0)
     return out
+
+
+def masking_curve(model, tokens: Tensor, answers: Tensor, order: list, ns: list) -> list:
+    masks = [block.attn.qk_transform for block in model.blocks]  # one HeadQueryMask per layer
+    curve = []
+    try:
+        for n in ns:
+            for mask in masks:
+                mask.heads.zero_()
+            for layer, h in order[:n]:  # cumulative: the first n heads together
+                masks[layer].heads[h] = True
+            with torch.no_grad():
+                predicted = model(tokens)[:, -1].argmax(-1)  # (B,)
+            curve.append((predicted == answers).float().mean().item())
+    finally:  # leave the model as it came
+        for mask in masks:
+            mask.heads.zero_()
+    return curve
+
+
+def chance_score(n_pairs: int, seed: int) -> float:
+    from attnbook.mechanisms.retrieval_heads import recall_prompts, retrieval_transformer
+    from attnbook.models import ModelConfig
+    from attnbook.tasks.associative_recall import associative_recall
+
+    config = ModelConfig(D=32, H=4, layers=2, vocab=32, max_len=2 * n_pairs + 1, mlp_ratio=0)
+    torch.manual_seed(seed)
+    model = retrieval_transformer(config)  # untrained
+    batch = associative_recall(500, n_pairs, 16, 16, torch.Generator().manual_seed(seed))
+    tokens, answers, spans = recall_prompts(batch, 16)
+    with torch.no_grad():
+        _, records = model(tokens, return_intermediates=True)
+    rows = torch.stack([r.weights[:, :, -1] for r in records], dim=1)  # (T, L, H, N): the answer step
+    scores = [
+        retrieval_score(rows[t, None], tokens[t], answers[t, None], tuple(spans[t].tolist()), True)
+        for t in range(len(tokens))
+    ]
+    return torch.stack(scores).mean().item()

@@ -44,7 +44,6 @@ from torch.nn import functional as F
 from ..attention import MultiHeadAttention, scaled_dot_product_attention
 from ..models import ModelConfig, TinyTransformer
 from ..tasks.associative_recall import RecallBatch, associative_recall
-from ..train import train
 from ..validate import check_qkv, require_int, require_tensor
 
 __all__ = [
@@ -61,6 +60,8 @@ __all__ = [
     "answer_step",
     "head_order",
     "masking_curve",
+    "recall_training_batch",
+    "sinusoidal_positions",
     "train_recall",
 ]
 
@@ -334,30 +335,79 @@ def masking_curve(
     return accuracies
 
 
+def recall_training_batch(
+    batch_size: int, n_pairs: int, n_keys: int, n_queries: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    r"""Training sequences with several questions: k_1 v_1 ... k_n v_n q_1 a_1 ... q_Q (a_Q dropped).
+
+    The first question is that of :func:`recall_prompts`, so the test prompt is a prefix of the
+    training sequence. Returns tokens (B, 2n + 2Q - 1) and answers (B, Q), the value tokens to
+    predict at the question positions 2n, 2n + 2, ...
+    """
+    batch = associative_recall(batch_size, n_pairs, n_keys, n_keys, generator)
+    tokens, answers, _ = recall_prompts(batch, n_keys)  # (B, 2n + 1), (B,)
+    picks = torch.randint(n_pairs, (batch_size, n_queries), generator=generator)  # (B, Q)
+    picks[:, 0] = batch.position
+    rows = torch.arange(batch_size)[:, None]
+    keys, values = batch.keys[rows, picks], batch.values[rows, picks] + n_keys  # (B, Q)
+    questions = torch.stack([keys, values], dim=-1).reshape(batch_size, 2 * n_queries)  # (B, 2Q)
+    return torch.cat([tokens[:, :-1], questions[:, :-1]], dim=1), values
+
+
+def sinusoidal_positions(n: int, D: int, base: float = 100.0) -> Tensor:
+    r"""(n, D) sines and cosines: row p holds sin(p ω_f), cos(p ω_f) with ω_f = base^(-2f/D)."""
+    freq = base ** (-torch.arange(0, D, 2, dtype=torch.float32) / D)  # (D/2,)
+    angle = torch.arange(n, dtype=torch.float32)[:, None] * freq  # (n, D/2)
+    return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(1)  # (n, D)
+
+
 def train_recall(
     seed: int,
     *,
     n_pairs: int = 8,
-    n_keys: int = 32,
+    n_keys: int = 8,
     layers: int = 2,
     H: int = 4,
-    D: int = 64,
-    steps: int = 2000,
+    D: int = 32,
+    n_queries: int = 4,
+    max_steps: int = 400,
     batch_size: int = 64,
-    lr: float = 3e-3,
-    progress: bool = False,
-) -> TinyTransformer:
-    """Train the chapter's attention-only model on associative recall (loss at the last token)."""
-    config = ModelConfig(D=D, H=H, layers=layers, vocab=2 * n_keys, max_len=2 * n_pairs + 1, mlp_ratio=0)
+    lr: float = 1e-2,
+    warmup: int = 30,
+    patience: int = 10,
+    threshold: float = 0.98,
+    sinusoidal: bool = True,
+) -> tuple[TinyTransformer, int]:
+    """Train the chapter's attention-only model on associative recall; return (model, steps).
+
+    AdamW at ``lr`` after a linear warm-up, gradients clipped to norm 1, cross-entropy at the
+    question positions of :func:`recall_training_batch`. Training stops once ``patience``
+    consecutive batches had a fraction >= ``threshold`` of their questions right, or after
+    ``max_steps``.
+    """
+    config = ModelConfig(
+        D=D, H=H, layers=layers, vocab=2 * n_keys, max_len=2 * n_pairs + 2 * n_queries, mlp_ratio=0
+    )
     torch.manual_seed(seed)
     model = retrieval_transformer(config)
-
-    def batch_fn(step, generator):
-        return recall_prompts(associative_recall(batch_size, n_pairs, n_keys, n_keys, generator), n_keys)
-
-    def loss_fn(model, batch):
-        tokens, answers, _ = batch
-        return F.cross_entropy(model(tokens)[:, -1], answers)
-
-    train(model, batch_fn, loss_fn, steps=steps, lr=lr, seed=seed, progress=progress)
-    return model
+    if sinusoidal:  # start the (learned) positions from sines and cosines: a shift is then a rotation
+        model.pos.weight.data.copy_(sinusoidal_positions(config.max_len, D))
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    perfect, step = 0, 0
+    model.train()
+    while step < max_steps and perfect < patience:
+        step += 1
+        for group in optimizer.param_groups:  # linear warm-up, then constant
+            group["lr"] = lr * min(1.0, step / warmup)
+        tokens, answers = recall_training_batch(batch_size, n_pairs, n_keys, n_queries, generator)
+        logits = model(tokens)[:, 2 * n_pairs :: 2]  # (B, Q, vocab): the question positions
+        loss = F.cross_entropy(logits.flatten(0, 1), answers.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        right = (logits.argmax(-1) == answers).float().mean().item()
+        perfect = perfect + 1 if right >= threshold else 0
+    model.eval()
+    return model, step

@@ -277,3 +277,29 @@ def test_created_tensors_follow_the_inputs_device_and_dtype(device, dtype):
         ]
     assert results[0].device == attn.device
     assert_follow(results[1:], q.device, dtype)
+
+
+def test_training_batches_extend_the_test_prompt_and_training_stops():
+    from attnbook.mechanisms.retrieval_heads import recall_training_batch, sinusoidal_positions, train_recall
+
+    tokens, answers = recall_training_batch(16, 8, 8, 4, torch.Generator().manual_seed(8))
+    batch = associative_recall(16, 8, 8, 8, torch.Generator().manual_seed(8))
+    prompts, first, _ = recall_prompts(batch, 8)
+    assert tokens.shape == (16, 23) and answers.shape == (16, 4)
+    assert torch.equal(tokens[:, :17], prompts) and torch.equal(
+        answers[:, 0], first
+    )  # the test prompt is a prefix
+    pairs = tokens[:, :16].reshape(16, 8, 2)
+    for question in range(4):  # each question's answer is the value paired with its key
+        key = tokens[:, 16 + 2 * question]
+        value = pairs[:, :, 1][pairs[:, :, 0] == key[:, None]]
+        assert torch.equal(value, answers[:, question])
+        if question < 3:
+            assert torch.equal(tokens[:, 17 + 2 * question], answers[:, question])
+    pe = sinusoidal_positions(5, 4)
+    assert torch.allclose(pe[:, 0], torch.arange(5.0).sin()) and torch.allclose(
+        pe[:, 3], (torch.arange(5.0) / 10).cos()
+    )
+    model, steps = train_recall(0, max_steps=2, D=16, H=2, layers=1)
+    assert steps == 2 and not model.training
+    assert torch.allclose(model.pos.weight, sinusoidal_positions(24, 16), atol=0.1)  # started from sinusoids

@@ -11,11 +11,12 @@ mistake fails its task and gets its own hint.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-from ..core import case, mistake, task
+from ..core import CheckFailed, case, mistake, task
 from ..expect import describe, expect_close, fresh_generator
 
 
@@ -220,3 +221,176 @@ def ablation_leaks_future(q, k, v, ablate, mode="uniform"):
 )
 def ablation_uniform_is_zero(q, k, v, ablate, mode="uniform"):
     return _ablation_reference(q, k, v, ablate, mode, zero_uniform=True)
+
+
+# ---------------------------------------------------------------------------------------------
+def _curve_reference(model, tokens, answers, order, ns, *, cumulative=True):
+    """Accuracy at the last position with heads masked through the layers' HeadQueryMask buffers."""
+    masks = [block.attn.qk_transform for block in model.blocks]
+    curve = []
+    try:
+        for n in ns:
+            for mask in masks:
+                mask.heads.zero_()
+            for layer, h in order[:n] if cumulative else order[max(n - 1, 0) : n]:
+                masks[layer].heads[h] = True
+            with torch.no_grad():
+                curve.append((model(tokens)[:, -1].argmax(-1) == answers).float().mean().item())
+    finally:
+        for mask in masks:
+            mask.heads.zero_()
+    return curve
+
+
+def _curve_inputs(gen):
+    """An untrained 2-layer, 2-head model, recall prompts, and its own unmasked answers as targets."""
+    from ...mechanisms.retrieval_heads import retrieval_transformer
+    from ...models import ModelConfig
+
+    torch.manual_seed(int(torch.randint(1000, (1,), generator=gen)))
+    model = retrieval_transformer(ModelConfig(D=16, H=2, layers=2, vocab=16, max_len=9, mlp_ratio=0))
+    tokens = torch.randint(16, (200, 9), generator=gen)
+    with torch.no_grad():
+        answers = model(tokens)[:, -1].argmax(-1)  # the unmasked model scores 1.0
+    order = [(int(i) // 2, int(i) % 2) for i in torch.randperm(4, generator=gen)]
+    return model, tokens, answers, order
+
+
+@task("ch12.masking_curve", points=2)
+def check_masking_curve(fn):
+    """Cumulative masking: the first n heads of the order masked, accuracy at the last position."""
+    gen, _ = fresh_generator()
+    for ns in ([0, 1, 2, 3, 4], [3, 1, 4]):
+        with case():
+            model, tokens, answers, order = _curve_inputs(gen)
+            with torch.no_grad():
+                before = model(tokens)
+            got = fn(model, tokens.clone(), answers.clone(), list(order), list(ns))
+            with torch.no_grad():
+                after = model(tokens)
+            expected = _curve_reference(model, tokens, answers, order, ns)
+            expect_close(
+                torch.tensor(got, dtype=torch.float64),
+                torch.tensor(expected, dtype=torch.float64),
+                what=f"masking_curve(order={order}, ns={ns})",
+                atol=1e-6,
+                rtol=0,
+                hint="for each n mask the FIRST n heads of order (all of them at once), predict "
+                "model(tokens)[:, -1].argmax(-1) and return the fraction equal to answers",
+            )
+            if not torch.equal(after, before):
+                raise CheckFailed(
+                    "after masking_curve returned, the model still had masked heads",
+                    hint="unmask every head before returning (heads.zero_() in each layer), also on errors",
+                )
+
+
+@mistake(
+    "ch12.masking_curve",
+    "only the n-th head of the order was masked; the curve is cumulative: the first n heads together",
+)
+def curve_one_head_at_a_time(model, tokens, answers, order, ns):
+    return _curve_reference(model, tokens, answers, order, ns, cumulative=False)
+
+
+@mistake(
+    "ch12.masking_curve",
+    "the heads were left masked after the call; unmask every layer before returning (a try/finally)",
+)
+def curve_leaves_heads_masked(model, tokens, answers, order, ns):
+    curve = _curve_reference(model, tokens, answers, order, ns)
+    model.blocks[order[0][0]].attn.qk_transform.heads[order[0][1]] = True
+    return curve
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment: the retrieval score that heads get by chance, before any training.
+CHANCE_RECIPE = dict(n_keys=16, D=32, H=4, layers=2, trials=500)
+CHANCE_REFERENCE_SEEDS = (0, 1, 2, 3, 4)
+
+
+def _chance_rows(n_pairs: int, seed: int):
+    """The recipe: an untrained model's rows at the answer step (T, L, H, N), tokens, answers, spans."""
+    from ...mechanisms.retrieval_heads import recall_prompts, retrieval_transformer
+    from ...models import ModelConfig
+    from ...tasks.associative_recall import associative_recall
+
+    r = CHANCE_RECIPE
+    vocab, max_len = 2 * r["n_keys"], 2 * n_pairs + 1
+    config = ModelConfig(D=r["D"], H=r["H"], layers=r["layers"], vocab=vocab, max_len=max_len, mlp_ratio=0)
+    torch.manual_seed(seed)
+    model = retrieval_transformer(config)
+    generator = torch.Generator().manual_seed(seed)
+    tokens, answers, spans = recall_prompts(
+        associative_recall(r["trials"], n_pairs, r["n_keys"], r["n_keys"], generator), r["n_keys"]
+    )
+    with torch.no_grad():
+        _, records = model(tokens, return_intermediates=True)
+    rows = torch.stack([rec.weights[:, :, -1] for rec in records], dim=1)  # (T, L, H, N)
+    return rows, tokens, answers, spans
+
+
+def _reference_chance(n_pairs: int, seed: int) -> float:
+    """The mean score over trials and heads, every answer taken as emitted, every trial counted."""
+    rows, tokens, answers, spans = _chance_rows(n_pairs, seed)
+    top = rows.double().argmax(dim=-1)  # (T, L, H): the first maximal key of each row
+    attended = tokens.gather(1, top.flatten(1)).view_as(top)  # (T, L, H): the token there
+    # a one-token span [s, s + 1): a copy when j* = s and x_{j*} is the answer
+    copy = (top == spans[:, 0, None, None]) & (attended == answers[:, None, None])
+    return copy.double().mean().item()
+
+
+@functools.cache
+def _chance_range(n_pairs: int) -> tuple[float, float, float, float]:
+    runs = torch.tensor([_reference_chance(n_pairs, s) for s in CHANCE_REFERENCE_SEEDS], dtype=torch.float64)
+    mean, std = runs.mean().item(), runs.std().item()
+    half = max(4 * std, 0.03)  # mean ± 4 std over the reference seeds, at least ± 0.03
+    return mean - half, mean + half, mean, std
+
+
+@task("ch12.chance_score", points=2)
+def check_chance_score(fn):
+    """The learner's measured chance-level score lies in the range of the reference runs."""
+    gen, _ = fresh_generator()
+    seed = int(torch.randint(10, 1000, (1,), generator=gen))
+    for n_pairs in (4, 8):
+        with case():
+            low, high, mean, std = _chance_range(n_pairs)
+            got = fn(n_pairs, seed)
+            if isinstance(got, torch.Tensor) and got.numel() == 1:
+                got = got.item()
+            if not isinstance(got, (float, int)):
+                raise CheckFailed(f"chance_score returned {type(got).__name__}; return a float")
+            if not low <= float(got) <= high:
+                raise CheckFailed(
+                    f"chance_score({n_pairs}, seed={seed}) = {float(got):.4f}, but the reference runs give "
+                    f"{mean:.4f} ± {std:.4f} over seeds {CHANCE_REFERENCE_SEEDS} (accepted: {low:.4f} ... "
+                    f"{high:.4f})",
+                    hint="score the attention rows at the LAST position (the answer step) with the "
+                    "answer as the emitted token, every trial counted, and average over trials and heads",
+                )
+
+
+@mistake(
+    "ch12.chance_score",
+    "the attention rows of the FIRST position were scored (weights[:, :, 0]); the answer step is the "
+    "last position, weights[:, :, -1]",
+)
+def chance_first_row(n_pairs, seed):
+    from ...mechanisms.retrieval_heads import recall_prompts, retrieval_transformer
+    from ...models import ModelConfig
+    from ...tasks.associative_recall import associative_recall
+
+    config = ModelConfig(D=32, H=4, layers=2, vocab=32, max_len=2 * n_pairs + 1, mlp_ratio=0)
+    torch.manual_seed(seed)
+    model = retrieval_transformer(config)
+    batch = associative_recall(500, n_pairs, 16, 16, torch.Generator().manual_seed(seed))
+    tokens, answers, spans = recall_prompts(batch, 16)
+    with torch.no_grad():
+        _, records = model(tokens, return_intermediates=True)
+    rows = torch.stack([r.weights[:, :, 0] for r in records], dim=1)  # (T, L, H, N): position 0's rows
+    top = rows.argmax(dim=-1)  # (T, L, H)
+    copy = (top == spans[:, 0, None, None]) & (
+        tokens.gather(1, top.flatten(1)).view_as(top) == answers[:, None, None]
+    )
+    return copy.float().mean().item()
