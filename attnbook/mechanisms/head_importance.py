@@ -4,24 +4,24 @@ Derivation (chapter 11). Chapter 00 wrote multi-head attention as a sum over hea
 
     MHA(X) = Σ_h A_h V_h W_O^h + b_O,     A_h = softmax(Q_h K_h^T / sqrt(d)),
 
-so each head writes its own additive term. Put a gate m_{l,h} on head h of layer l,
+so each head writes its own additive term. Put a gate g_{lh} on head h of layer l,
 
-    MHA_m(X) = Σ_h m_{l,h} A_h V_h W_O^h + b_O,
+    MHA_m(X) = Σ_h g_{lh} A_h V_h W_O^h + b_O,
 
-m = 1 is the unchanged model; m_{l,h} = 0 removes the head, exactly as zeroing its d rows of W_O
+g = 1 is the unchanged model; g_{lh} = 0 removes the head, exactly as zeroing its d rows of W_O
 (the h-th block of W_O as a D×D matrix acting on the right). The gate multiplies the head's
 OUTPUT: it never enters the softmax, so the weights A_h stay what they were. Three lenses
 (the paper's body was not available: every formula below is the book's reading):
 
-- ablation:  I^abl_{l,h} = Metric(m = 1) - Metric(m = 1 - e_{l,h})   (accuracy, or minus the loss)
-- Taylor (Michel et al. 2019):  I^tay_{l,h} = E_x |∂L_x/∂m_{l,h}| at m = 1
+- ablation:  Imp^abl_{lh} = Metric(g = 1) - Metric(g = 1 - e_{lh})   (accuracy, or minus the loss)
+- Taylor (Michel et al. 2019):  Imp^tay_{lh} = E_x |∂L_x/∂g_{lh}| at g = 1
       = E_x |Σ_i ⟨(A_h V_h W_O^h)_i, ∂L_x/∂y_i⟩|   (the sum over tokens i inside the absolute value;
       the absolute value per example x, before the mean over examples)
 - distance profiles: on a G×G patch grid (token 0 the CLS token when there is one, dropped as a
-  query and as a key, each row renormalised over the patches), with δ(i, j) the Chebyshev
+  query and as a key, each row renormalised over the patches), with dist(i, j) the Chebyshev
   max(|Δr|, |Δc|) or Euclidean distance between patches,
-      ring mass   S_h(δ) = E_{x,i} Σ_{j: δ(i,j)=δ} A_h[i, j]             (sums to 1 over δ)
-      pair mean   P_h(δ) = Σ_{x,i} Σ_{j: δ(i,j)=δ} A_h[i, j] / (B · #{(i, j): δ(i,j) = δ})
+      ring mass   mass_h(t) = E_{x,i} Σ_{j: dist(i,j)=t} A_h[i, j]             (sums to 1 over t)
+      pair mean   pair_h(t) = Σ_{x,i} Σ_{j: dist(i,j)=t} A_h[i, j] / (B · #{(i, j): dist(i,j) = t})
       MAD_h = E_{x,i} Σ_j A_h[i, j] ‖p_i - p_j‖                          (Euclidean, in patches)
   and the query-recentred map of one row, on a (2G-1)×(2G-1) canvas with the query at the centre.
 
@@ -52,6 +52,7 @@ __all__ = [
     "distance_profile",
     "mean_attention_distance",
     "recenter",
+    "PatchEmbedding",
 ]
 
 METRICS = ("chebyshev", "euclidean")
@@ -61,7 +62,7 @@ NORMALIZE = ("mass", "mean")
 def masked_mha(
     x: Tensor, w_qkv: Tensor, w_o: Tensor, n_heads: int, head_mask: Tensor
 ) -> tuple[Tensor, Tensor]:
-    r"""Self-attention with a gate on each head's output: Σ_h m_h A_h V_h W_O^h (no biases).
+    r"""Self-attention with a gate on each head's output: Σ_h g_h A_h V_h W_O^h (no biases).
 
     Args:
         x: tokens (B, N, D), float.
@@ -69,7 +70,7 @@ def masked_mha(
             (q = x w_q^T); head h owns rows h·d ... (h+1)·d - 1 of each block.
         w_o: (D, D) as ``out_proj.weight`` (out = z w_o^T); head h owns its columns h·d ... (h+1)·d - 1.
         n_heads: H, dividing D.
-        head_mask: (H,) gates m_h (any real numbers; 1 keeps a head, 0 removes it).
+        head_mask: (H,) gates g_h (any real numbers; 1 keeps a head, 0 removes it).
 
     Returns:
         out (B, N, D) and the weights A (B, H, N, N), which the gates do not change.
@@ -93,14 +94,14 @@ def masked_mha(
     q, k, v = (split_heads(x @ w.T, H) for w in (w_q, w_k, w_v))  # (B, H, N, d)
     # z_h = A_h V_h, A_h = softmax(Q_h K_h^T / sqrt(d))
     z, weights = scaled_dot_product_attention(q, k, v)  # (B, H, N, d), (B, H, N, N)
-    # out = Σ_h m_h z_h W_O^h, W_O^h = the h-th block of d rows of w_o^T
+    # out = Σ_h g_h z_h W_O^h, W_O^h = the h-th block of d rows of w_o^T
     w_o_heads = w_o.T.reshape(H, D // H, D)  # (H, d, D)
     out = torch.einsum("h,bhnd,hde->bne", head_mask, z, w_o_heads)  # (B, N, D)
     return out, weights
 
 
 class HeadMask(nn.Module):
-    """A ``head_gate`` holding the gates m_h of one layer: x (B, N, D) -> gates (B, N, H).
+    """A ``head_gate`` holding the gates g_h of one layer: x (B, N, D) -> gates (B, N, H).
 
     ``mask`` is (H,) (one gate per head, shared by every example) or (B, H) (one per example,
     which :func:`taylor_importance` uses to get per-example gradients in one backward pass). It
@@ -119,8 +120,27 @@ class HeadMask(nn.Module):
             m = m[None]  # (1, H)
         if m.shape[0] not in (1, B):
             raise ValueError(f"a per-example head mask must have shape (B={B}, H), got {tuple(m.shape)}")
-        # g_{b,i,h} = m_{b,h} for every query token i
+        # g_{b,i,h} = g_{b,h} for every query token i
         return m[:, None, :].expand(B, N, self.H)  # (B, N, H)
+
+
+class PatchEmbedding(nn.Module):
+    """A ViT's tokens: a learned CLS token, then a linear map of each patch's pixels.
+
+    ``forward(batch)`` takes anything with a ``patches`` attribute (B, G², p²) (e.g.
+    :class:`~attnbook.tasks.ShapePatches`) or the (B, G², p²) tensor itself; returns (B, G² + 1, D),
+    the CLS token at index 0. Positions come from the model's ``max_len`` embedding.
+    """
+
+    def __init__(self, patch_dim: int, D: int):
+        super().__init__()
+        self.proj = nn.Linear(require_int(patch_dim, "patch_dim", minimum=1), require_int(D, "D", minimum=1))
+        self.cls = nn.Parameter(torch.zeros(1, 1, D))
+
+    def forward(self, batch) -> Tensor:
+        patches = batch if isinstance(batch, Tensor) else batch.patches  # (B, G², p²)
+        x = self.proj(patches)  # (B, G², D)
+        return torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1)  # (B, G² + 1, D)
 
 
 def head_masked_transformer(config: ModelConfig, embed: nn.Module | None = None) -> TinyTransformer:
@@ -153,7 +173,7 @@ def set_head_masks(model: nn.Module, masks: Tensor | None) -> None:
 
 
 def ablation_importance(model: nn.Module, metric: Callable[[nn.Module], float]) -> Tensor:
-    r"""I^abl_{l,h} = metric(m = 1) - metric(m = 1 - e_{l,h}): what removing one head costs.
+    r"""Imp^abl_{lh} = metric(g = 1) - metric(g = 1 - e_{lh}): what removing one head costs.
 
     Args:
         model: a model with :class:`HeadMask` gates (see :func:`head_masked_transformer`).
@@ -171,7 +191,7 @@ def ablation_importance(model: nn.Module, metric: Callable[[nn.Module], float]) 
     try:
         for layer in range(L):
             for h in range(H):
-                # m = 1 - e_{l,h}
+                # g = 1 - e_{lh}
                 masks = torch.ones(L, H, device=device)
                 masks[layer, h] = 0.0
                 set_head_masks(model, masks)
@@ -182,10 +202,10 @@ def ablation_importance(model: nn.Module, metric: Callable[[nn.Module], float]) 
 
 
 def taylor_importance(model: nn.Module, inputs, loss_fn: Callable[[Tensor], Tensor]) -> Tensor:
-    r"""I^tay_{l,h} = mean_x |∂L_x/∂m_{l,h}| at m = 1, in one backward pass.
+    r"""Imp^tay_{lh} = mean_x |∂L_x/∂g_{lh}| at g = 1, in one backward pass.
 
-    Each example x gets its own gates m_{x,l,h} = 1; since L_x depends on its own gates only,
-    the gradient of Σ_x L_x with respect to them is ∂L_x/∂m_{l,h} for every x at once.
+    Each example x gets its own gates g_{x,lh} = 1; since L_x depends on its own gates only,
+    the gradient of Σ_x L_x with respect to them is ∂L_x/∂g_{lh} for every x at once.
 
     Args:
         model: a model with :class:`HeadMask` gates, called as ``model(inputs)``.
@@ -206,11 +226,11 @@ def taylor_importance(model: nn.Module, inputs, loss_fn: Callable[[Tensor], Tens
         require_tensor(losses, "loss_fn(outputs)", ndim=1, floating=True, shape=f"(B={B},)")
         if losses.shape != (B,):
             raise ValueError(f"loss_fn must return per-example losses (B={B},), got {tuple(losses.shape)}")
-        # ∂(Σ_x L_x)/∂m_{x,l,h} = ∂L_x/∂m_{l,h}
+        # ∂(Σ_x L_x)/∂g_{x,lh} = ∂L_x/∂g_{lh}
         (grad,) = torch.autograd.grad(losses.sum(), masks)  # (B, L, H)
     finally:
         set_head_masks(model, None)
-    # E_x |∂L_x/∂m|: the absolute value per example, then the mean
+    # E_x |∂L_x/∂g|: the absolute value per example, then the mean
     return grad.abs().mean(dim=0)  # (L, H)
 
 
@@ -230,7 +250,7 @@ def _pair_distances(grid: int, metric: str, device) -> Tensor:
 
 
 def distance_bins(grid: int, metric: str = "chebyshev", device=None) -> Tensor:
-    """The distinct values of δ over all pairs of patches of a G×G grid, increasing, (n_bins,) float64."""
+    """The distinct values of dist over all pairs of patches of a G×G grid, increasing, (n_bins,) float64."""
     grid = require_int(grid, "grid", minimum=1)
     # round to merge float noise of sqrt; exact integers a² + b² decide the Euclidean bins
     return torch.unique(_pair_distances(grid, metric, device).round(decimals=9))
@@ -262,8 +282,8 @@ def distance_profile(
         grid: G (patches row-major: patch j at row j // G, column j % G).
         has_cls: token 0 is CLS: dropped as a query and as a key, rows renormalised over patches.
         metric: "chebyshev" (rings max(|Δr|, |Δc|)) or "euclidean".
-        normalize: "mass" (S(δ): mean over x, i of the mass on ring δ; sums to 1) or "mean"
-            (P(δ): the average weight of one (query, key) pair at distance δ).
+        normalize: "mass" (mass(t): mean over x, i of the mass on ring t; sums to 1) or "mean"
+            (pair(t): the average weight of one (query, key) pair at distance t).
 
     Returns:
         (H, n_bins) in attn's dtype and device; bins as :func:`distance_bins`.
@@ -273,15 +293,15 @@ def distance_profile(
     a = _patch_weights(attn, grid, has_cls)  # (B, H, P, P), P = G²
     bins = distance_bins(grid, metric, device=a.device)  # (n_bins,)
     dist = _pair_distances(grid, metric, a.device)  # (P, P)
-    # one-hot ring membership of each pair: R[i, j, k] = [δ(i, j) = bin k]
+    # one-hot ring membership of each pair: R[i, j, k] = [dist(i, j) = bin k]
     ring = (dist[..., None] - bins).abs().lt(1e-6).to(a.dtype)  # (P, P, n_bins)
     # Σ_{x,i} Σ_{j ∈ ring k} A[i, j]
     total = torch.einsum("bhij,ijk->hk", a, ring)  # (H, n_bins)
     B, P = a.shape[0], a.shape[-1]
     if normalize == "mass":
-        # S(δ) = E_{x,i} Σ_{j: δ(i,j)=δ} A[i, j]
+        # mass(t) = E_{x,i} Σ_{j: dist(i,j)=t} A[i, j]
         return total / (B * P)
-    # P(δ) = total / (B · #pairs at δ)
+    # pair(t) = total / (B · #pairs at dist)
     return total / (B * ring.sum(dim=(0, 1)))
 
 

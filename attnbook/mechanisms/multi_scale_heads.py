@@ -9,20 +9,20 @@ equations below are this book's reading of that one sentence, not the paper's co
 Derivation (chapter 09), from chapter 00's multi-head attention, one change at a time:
 
     MHA:     shared input X  ->  heads h = 1..H, each its own projections  ->  outputs combined
-    MEDUSA:  shared body     ->  heads s = 1..S, each a light projection    ->  each gates one stage
+    MEDUSA:  shared body     ->  heads h = 1..H, each a light projection    ->  each gates one stage
 
-(i)   the shared part is an encoder–decoder E–D over the image (a small U-Net here): its
+(i)   the shared part is an encoder–decoder over the image (a small U-Net here): its
       bottleneck sees the whole image, so every head reads global context;
-(ii)  head s is a 1×1 convolution of the decoder map D_s (B, C_s, h_s, w_s) at its own scale,
-          A_s = σ(Σ_c w_{s,c} D_{s,c} + b_s)  ∈ [0, 1]^{B×1×h_s×w_s};
-(iii) instead of being concatenated, head s multiplies the features F_s (B, C'_s, H_s, W_s) of
-      backbone stage s, after a bilinear resize (align_corners=False) to (H_s, W_s):
-          F'_s = F_s ⊙ resize(A_s)          ("mul": A ≡ 1 leaves the backbone unchanged)
-          F'_s = F_s ⊙ (1 + resize(A_s))    ("residual": A ≡ 0 leaves it unchanged).
+(ii)  head h is a 1×1 convolution of the decoder map E_h (B, D^E_h, n_y, n_x) at its own scale,
+          g_h = sigmoid(Σ_c w_{h,c} E_{h,c} + b_h)  ∈ [0, 1]^{B×1×n_y×n_x};
+(iii) instead of being concatenated, head h multiplies the features X^(h) (B, D_h, N_y, N_x) of
+      backbone stage h, after a bilinear resize (align_corners=False) to (N_y, N_x):
+          X̃^(h) = X^(h) ⊙ resize(g_h)          ("mul": g ≡ 1 leaves the backbone unchanged)
+          X̃^(h) = X^(h) ⊙ (1 + resize(g_h))    ("residual": g ≡ 0 leaves it unchanged).
       The map broadcasts over the channels: one weight per position, not per channel.
 
 Why this module stands alone instead of plugging into :class:`attnbook.attention.MultiHeadAttention`:
-there are no tokens, queries or keys. A_s is a sigmoid of one position's decoder features,
+there are no tokens, queries or keys. g_h is a sigmoid of one position's decoder features,
 not a softmax over keys of Q·Kᵀ scores: nothing is normalised over positions and no N×N
 matrix exists. "Self-attention" here means spatial gating computed from the image itself; the
 analogy with MHA is the shared input and the several heads, nothing more.
@@ -50,6 +50,8 @@ __all__ = [
     "IsolatedGate",
     "MedusaNet",
     "count_parameters",
+    "roc_auc",
+    "fit_classifier",
 ]
 
 MODES = ("mul", "residual")
@@ -321,3 +323,39 @@ class MedusaNet(nn.Module):
             x = gate(x, A, self.mode)  # F'_s = F_s ⊙ resize(A_s)  (or ⊙ (1 + resize(A_s)))
         self.maps = used
         return self.classifier(x.mean(dim=(-2, -1)))[:, 0]
+
+
+def roc_auc(scores: Tensor, labels: Tensor) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties count ½.
+
+    Args:
+        scores: (B,) float; labels: (B,) with 1 for a positive and 0 for a negative (both present).
+    """
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not len(pos) or not len(neg):
+        raise ValueError("roc_auc needs at least one positive and one negative")
+    # AUC = mean over (positive, negative) pairs of 1[s_+ > s_-] + ½·1[s_+ = s_-]
+    greater = (pos[:, None] > neg[None]).double().mean() + 0.5 * (pos[:, None] == neg[None]).double().mean()
+    return float(greater)
+
+
+def fit_classifier(
+    net: nn.Module, images: Tensor, target: Tensor, *, epochs: int, batch_size: int, lr: float, seed: int
+) -> nn.Module:
+    """Train a (B, 1, H, W) -> (B,) logit classifier with Adam and binary cross-entropy, in place.
+
+    The mini-batch order comes from a generator seeded with ``seed`` (initialise ``net`` under
+    ``torch.manual_seed(seed)`` yourself). Returns ``net``, in eval mode.
+    """
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=g)
+        for start in range(0, len(images), batch_size):
+            b = order[start : start + batch_size]
+            loss = F.binary_cross_entropy_with_logits(net(images[b]), target[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()

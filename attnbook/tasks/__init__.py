@@ -8,6 +8,8 @@ from .markov_period import MarkovPeriodBatch, markov_period
 from .mixed_lookup import MixedLookupBatch, mixed_lookup
 from .object_captions import CaptionBatch, CaptionVocab, object_captions
 from .permutation_invariant import SetRegression, permutation_invariant_task
+from .radiographs import Radiographs, radiographs
+from .shape_patches import SHAPE_NAMES, ShapePatches, shape_patches
 from .shortcut_bags import MILBags, shortcut_bags, shortcut_patterns
 from .task_prompts import TASK_NAMES, TaskPrompts, task_prompts
 from .two_key_recall import TwoKeyBatch, two_key_recall
@@ -28,17 +30,22 @@ __all__ = [
     "mixed_lookup",  # ch. 04
     "MarkovPeriodBatch",
     "markov_period",  # ch. 05
-    "TypedCopyBatch",
-    "typed_copy",  # ch. 07
-    "CaptionBatch",
-    "CaptionVocab",
-    "object_captions",  # ch. 13, 14
     "GratingSquares",
     "grating_squares",  # ch. 06
+    "TypedCopyBatch",
+    "typed_copy",  # ch. 07
     "MILBags",
     "shortcut_patterns",
     "shortcut_bags",  # ch. 08
     "TASK_NAMES",
     "TaskPrompts",
     "task_prompts",  # ch. 10
+    "CaptionBatch",
+    "CaptionVocab",
+    "object_captions",  # ch. 13, 14
+    "Radiographs",
+    "radiographs",  # ch. 09
+    "SHAPE_NAMES",
+    "ShapePatches",
+    "shape_patches",  # ch. 11
 ]

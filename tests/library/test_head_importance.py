@@ -337,3 +337,61 @@ def test_created_tensors_follow_the_inputs(device, dtype):
             layer(x),
         ]
     assert_follow(results, x.device, dtype)
+
+
+# --- the chapter's data and patch embedding ------------------------------------------------------
+def test_shape_patches_draws_each_shape_and_cuts_row_major_patches():
+    from attnbook.tasks import SHAPE_NAMES, shape_patches
+
+    data = shape_patches(
+        400, size=8, patch=2, length=5, noise=0.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert data.images.shape == (400, 8, 8) and data.target.shape == (400,) and data.grid == 4
+    assert set(data.target.tolist()) == set(range(len(SHAPE_NAMES)))
+    on = data.images.flatten(1).sum(-1)  # pixels of the shape, without noise
+    assert torch.all(on[data.target == 0] == 5) and torch.all(on[data.target == 1] == 5)
+    assert torch.all(on[data.target == 2] == 2 * 3 - 1)  # two arms of length - 2 sharing a corner
+    assert torch.all((on[data.target == 3] >= 4) & (on[data.target == 3] <= 8))  # two 2 × 2 dots, may overlap
+    # patch j holds the pixels of rows 2(j // 4) ..., columns 2(j % 4) ...
+    j = 6
+    r, c = divmod(j, 4)
+    torch.testing.assert_close(
+        data.patches[:, j], data.images[:, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2].flatten(1)
+    )
+    again = shape_patches(
+        400, size=8, patch=2, length=5, noise=0.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(again.images, data.images)
+    with pytest.raises(ValueError):
+        shape_patches(4, size=9, patch=2)
+
+
+def test_patch_embedding_puts_cls_first_and_a_short_training_run_learns():
+    import torch.nn.functional as F
+
+    from attnbook.mechanisms.head_importance import PatchEmbedding
+    from attnbook.tasks import shape_patches
+    from attnbook.train import train
+
+    torch.manual_seed(0)
+    embed = PatchEmbedding(4, 16)
+    data = shape_patches(8, size=8, patch=2, generator=torch.Generator().manual_seed(1))
+    tokens = embed(data)
+    assert tokens.shape == (8, 17, 16)
+    torch.testing.assert_close(tokens[:, 0], embed.cls[0].expand(8, 16))
+    torch.testing.assert_close(tokens[:, 1:], embed(data.patches)[:, 1:])
+    torch.manual_seed(0)
+    config = ModelConfig(D=16, H=4, layers=2, n_out=4, max_len=17, mlp_ratio=2, causal=False)
+    model = head_masked_transformer(config, embed=PatchEmbedding(4, 16))
+    test = shape_patches(256, size=8, patch=2, length=5, generator=torch.Generator().manual_seed(2))
+    train(
+        model,
+        lambda step, g: shape_patches(64, size=8, patch=2, length=5, generator=g),
+        lambda m, b: F.cross_entropy(m(b)[:, 0], b.target),
+        steps=100,
+        lr=3e-3,
+        progress=False,
+    )
+    with torch.no_grad():
+        accuracy = (model(test)[:, 0].argmax(-1) == test.target).float().mean().item()
+    assert accuracy > 0.33, accuracy  # chance is 0.25 (± 0.03 on 256 images)

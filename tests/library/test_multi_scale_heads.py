@@ -223,3 +223,34 @@ def test_created_tensors_follow_the_inputs(device, dtype):
         results = [gate(F_s, A, "mul"), gate(F_s, A, "residual"), *medusa_heads(dec, [w], [b])]
         results += [zscore_image(F_s), attention_iou(A, mask, 0.5), resize_map(A, (6, 2))]
     assert_follow(results, F_s.device, dtype)
+
+
+def test_radiographs_put_positive_nodules_inside_and_distractors_outside_the_lungs():
+    from attnbook.tasks import radiographs
+
+    data = radiographs(300, size=32, noise=0.0, generator=torch.Generator().manual_seed(3))
+    again = radiographs(300, size=32, noise=0.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(data.images, again.images) and torch.equal(data.kind, again.kind)
+    assert data.images.shape == (300, 1, 32, 32) and data.lungs.shape == (300, 32, 32)
+    assert set(data.kind.tolist()) == {0, 1, 2} and torch.equal(data.target, (data.kind == 0).float())
+    # the nodules are what the image holds above the noise-free background: rebuild it without them
+    plain = radiographs(300, size=32, noise=0.0, nodule=0.0, generator=torch.Generator().manual_seed(3))
+    bump = (data.images - plain.images)[:, 0]  # (B, H, W): the nodules alone
+    assert (bump[data.kind == 2] == 0).all() and (bump.flatten(1)[data.kind < 2].amax(-1) > 0.1).all()
+    # the brightest nodule pixel lies inside the lungs for a positive, outside for a distractor
+    peak_inside = data.lungs.flatten(1).gather(1, bump.flatten(1).argmax(-1, keepdim=True))[:, 0]
+    assert peak_inside[data.kind == 0].all() and not peak_inside[data.kind == 1].any()
+    # two lung fields, one per half of the image
+    half = data.lungs.shape[-1] // 2
+    assert data.lungs[..., :half].flatten(1).any(-1).all() and data.lungs[..., half:].flatten(1).any(-1).all()
+
+
+def test_roc_auc_counts_ordered_pairs_and_half_ties():
+    from attnbook.mechanisms.multi_scale_heads import roc_auc
+
+    scores = torch.tensor([0.9, 0.4, 0.4, 0.1, 0.8])
+    labels = torch.tensor([1, 1, 0, 0, 0])
+    # pairs (pos, neg): 0.9 beats all 3; 0.4 ties one, beats 0.1, loses to 0.8 -> (3 + 1.5) / 6
+    assert roc_auc(scores, labels) == pytest.approx(4.5 / 6)
+    with pytest.raises(ValueError, match="positive and one negative"):
+        roc_auc(scores, torch.ones(5))

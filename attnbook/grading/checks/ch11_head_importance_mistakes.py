@@ -11,7 +11,13 @@ import math
 import torch
 
 from ..core import mistake
-from .ch11_head_importance import _delta, _gated_reference, profile_reference
+from .ch11_head_importance import (
+    _delta,
+    _gate_modules,
+    _gated_reference,
+    profile_reference,
+    recenter_reference,
+)
 
 
 def _heads(x, w_qkv, n_heads):
@@ -30,7 +36,7 @@ def _combine(z, w_o, n_heads, d):
 
 @mistake(
     "ch11.masked_mha",
-    "the head mask multiplies the logits before the softmax: a head with m = 0 then attends "
+    "the head mask multiplies the logits before the softmax: a head with g = 0 then attends "
     "uniformly (it writes the mean of V) instead of writing nothing; gate the head's output A_h V_h",
 )
 def mha_masks_the_logits(x, w_qkv, w_o, n_heads, head_mask):
@@ -51,7 +57,7 @@ def mha_gates_the_weights(x, w_qkv, w_o, n_heads, head_mask):
 
 @mistake(
     "ch11.masked_mha",
-    "the gate m_h scales the h-th block of output features after W_O; it scales head h's "
+    "the gate g_h scales the h-th block of output features after W_O; it scales head h's "
     "output z_h before W_O, where head h owns rows h·d ... (h+1)·d - 1 of W_O",
 )
 def mha_gates_after_w_o(x, w_qkv, w_o, n_heads, head_mask):
@@ -157,3 +163,83 @@ def profile_manhattan(attn, grid, has_cls, metric, normalize):
     B = a.shape[0]
     out = total / (B * P) if normalize == "mass" else total / (B * count)
     return out.to(attn.dtype)
+
+
+def _per_example_gate_grads(model, inputs, loss_fn):
+    """∂L_x/∂g_{lh} for every example x: (B, L, H), by autograd through per-example gates."""
+    gates = _gate_modules(model)
+    B, L, H = len(inputs), len(gates), gates[0].H
+    masks = torch.ones(B, L, H, dtype=next(model.parameters()).dtype, requires_grad=True)
+    for layer, gate in enumerate(gates):
+        gate.mask = masks[:, layer]
+    try:
+        (grad,) = torch.autograd.grad(loss_fn(model(inputs)).sum(), masks)
+    finally:
+        for gate in gates:
+            gate.mask = torch.ones(H, dtype=masks.dtype)
+    return grad
+
+
+@mistake(
+    "ch11.taylor_importance",
+    "the signed gradient E_x ∂L_x/∂g: a head whose removal raises the loss for some examples and "
+    "lowers it for others scores near 0; take the absolute value |∂L_x/∂g| per example, then the mean",
+)
+def taylor_signed(model, inputs, loss_fn):
+    return _per_example_gate_grads(model, inputs, loss_fn).mean(0)
+
+
+@mistake(
+    "ch11.taylor_importance",
+    "the absolute value of the batch gradient |E_x ∂L_x/∂g| (what a single backward of the mean loss "
+    "gives, as in common pruning scripts): opposite signs of different examples cancel first; take "
+    "|∂L_x/∂g| per example, with one gate per example, then the mean",
+)
+def taylor_abs_of_batch_gradient(model, inputs, loss_fn):
+    return _per_example_gate_grads(model, inputs, loss_fn).mean(0).abs()
+
+
+@mistake(
+    "ch11.taylor_importance",
+    "the per-example scores are summed over the examples; the importance is the mean E_x |∂L_x/∂g|",
+)
+def taylor_summed_over_examples(model, inputs, loss_fn):
+    return _per_example_gate_grads(model, inputs, loss_fn).abs().sum(0)
+
+
+@mistake(
+    "ch11.taylor_importance",
+    "the absolute value is taken per token, Σ_i |⟨(A_h V_h W_O^h)_i, ∂L_x/∂y_i⟩|: one gate g_{lh} "
+    "scales every token's output, so ∂L_x/∂g sums the tokens' terms INSIDE the absolute value",
+)
+def taylor_abs_per_token(model, inputs, loss_fn):
+    gates = _gate_modules(model)
+    B, N = len(inputs), inputs.shape[1]
+    dtype = next(model.parameters()).dtype
+    per_token = [torch.ones(B, N, g.H, dtype=dtype, requires_grad=True) for g in gates]
+    hooks = [g.register_forward_hook(lambda mod, args, out, t=t: t) for g, t in zip(gates, per_token)]
+    try:
+        grads = torch.autograd.grad(loss_fn(model(inputs)).sum(), per_token)  # each (B, N, H)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.stack([g.abs().sum(1).mean(0) for g in grads])  # (L, H)
+
+
+@mistake(
+    "ch11.recenter",
+    "rows and columns are swapped (patch j read at row j % G, column j // G); patches are row-major: "
+    "patch j sits at row j // G, column j % G",
+)
+def recenter_transposed(row, grid, i):
+    G = grid
+    return recenter_reference(row.reshape(G, G).T.reshape(-1), G, (i % G) * G + i // G)
+
+
+@mistake(
+    "ch11.recenter",
+    "the offsets have the wrong sign (canvas[G - 1 - (r_j - r_i), ...]): the map is mirrored through "
+    "the query; a key below and right of the query goes below and right of the centre",
+)
+def recenter_mirrored(row, grid, i):
+    return recenter_reference(row, grid, i).flip(0, 1)
