@@ -20,6 +20,7 @@ That one thing plugs into :class:`MultiHeadAttention` instead of a copied skelet
     mask_mod(N, M, device) -> mask               hide keys (bool) or add to scores  (N, M) or broadcastable
     head_gate(x) -> gates                        weight each head per query token   (B, N, H)
     value_transform(v) -> v                      change the value path              (B, H, M, d)
+    weights_transform(A) -> A                    edit the weights after the softmax (B, H, N, M)
     head_transform(z) -> z                       edit the head outputs before W_O   (B, H, N, d)
 
 Each is a plain callable or an ``nn.Module`` (then its parameters train with the layer).
@@ -85,7 +86,7 @@ def attention_scores(q: Tensor, k: Tensor, scale: float | None = None) -> Tensor
 ScoreMod = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def _attend(q, k, v, masks, scale, score_mod: ScoreMod | None):
+def _attend(q, k, v, masks, scale, score_mod: ScoreMod | None, weights_transform: Callable | None = None):
     """The one computation behind both forms: scores -> modified -> masked -> softmax -> values."""
     # S = Q K^T / sqrt(d)
     scores = attention_scores(q, k, scale)  # (..., N, M)
@@ -99,6 +100,15 @@ def _attend(q, k, v, masks, scale, score_mod: ScoreMod | None):
         scores = apply_mask(scores, m)  # -inf where hidden, + where additive
     # A = softmax_row(S), over the KEY axis (each query's weights sum to 1)
     weights = stable_softmax(scores, dim=-1)  # (..., N, M)
+    if weights_transform is not None:
+        # A' = weights_transform(A): edit the weights after the softmax (e.g. move mass between keys)
+        edited = weights_transform(weights)
+        if not isinstance(edited, Tensor) or edited.shape != weights.shape:
+            got = tuple(edited.shape) if isinstance(edited, Tensor) else type(edited).__name__
+            raise ValueError(
+                f"weights_transform must return weights of shape {tuple(weights.shape)}, got {got}"
+            )
+        weights = edited  # (..., N, M)
     return weights @ v, weights, scores  # (..., N, d_v), (..., N, M), (..., N, M)
 
 
@@ -162,7 +172,7 @@ class Intermediates:
         k: keys after ``qk_transform`` (B, H, M, d).
         v: values after ``value_transform`` (B, H, M, d).
         scores: pre-softmax scores, after ``score_mod`` and every mask (B, H, N, M).
-        weights: A_h = softmax(scores) (B, H, N, M).
+        weights: A_h = softmax(scores), after ``weights_transform`` (B, H, N, M).
         heads: per-head outputs z_h = g_h A_h V_h as W_O sees them, after ``head_gate`` and
             ``head_transform`` (B, H, N, d).
         gates: per-token head gates g (B, N, H), or None without ``head_gate``.
@@ -196,6 +206,8 @@ class MultiHeadAttention(nn.Module):
         mask_mod: ``f(N, M, device) -> mask``, boolean or additive, broadcastable to (B, H, N, M).
         head_gate: ``f(x) -> gates`` (B, N, H) from the query tokens x (B, N, D).
         value_transform: ``f(v) -> v`` on (B, H, M, d).
+        weights_transform: ``f(A) -> A`` on the weights (B, H, N, M) after the softmax and
+            before they multiply the values (to redistribute attention mass between keys).
         head_transform: ``f(z) -> z`` on the head outputs (B, H, N, d), after the gates and
             before W_O (to read, replace or steer one head's activation at chosen positions).
     """
@@ -211,6 +223,7 @@ class MultiHeadAttention(nn.Module):
         mask_mod: Callable | None = None,
         head_gate: Callable | None = None,
         value_transform: Callable | None = None,
+        weights_transform: Callable | None = None,
         head_transform: Callable | None = None,
     ):
         super().__init__()
@@ -228,6 +241,7 @@ class MultiHeadAttention(nn.Module):
             ("mask_mod", mask_mod),
             ("head_gate", head_gate),
             ("value_transform", value_transform),
+            ("weights_transform", weights_transform),
             ("head_transform", head_transform),
         ):
             if fn is not None and not callable(fn):
@@ -240,6 +254,7 @@ class MultiHeadAttention(nn.Module):
         self.mask_mod = mask_mod
         self.head_gate = head_gate
         self.value_transform = value_transform
+        self.weights_transform = weights_transform
         self.head_transform = head_transform
 
     def _check_inputs(self, x: Tensor, context: Tensor) -> None:
@@ -318,7 +333,9 @@ class MultiHeadAttention(nn.Module):
             q, k = self.qk_transform(q, k, pos_q, pos_k)  # (B, H, N, d), (B, H, M, d)
         if self.value_transform is not None:
             v = self.value_transform(v)  # (B, H, M, d)
-        heads, weights, scores = _attend(q, k, v, masks, None, self.score_mod)  # (B, H, N, d)
+        heads, weights, scores = _attend(
+            q, k, v, masks, None, self.score_mod, self.weights_transform
+        )  # (B, H, N, d)
         gates = None
         if self.head_gate is not None:
             gates = self.head_gate(x)  # (B, N, H)

@@ -44,6 +44,7 @@ attnbook.attention.MultiHeadAttention instead of copying its skeleton:
     mask_mod(N, M, device) -> mask               hide keys, or add to the scores   (N, M)
     head_gate(x) -> gates                        weight each head per query token  (B, N, H)
     value_transform(v) -> v                      change the value path             (B, H, M, d)
+    weights_transform(A) -> A                    edit weights after the softmax    (B, H, N, M)
     head_transform(z) -> z                       edit head outputs before W_O      (B, H, N, d)
 
 and build the chapter's model as TinyTransformer(config, attn=...). A mechanism that is a

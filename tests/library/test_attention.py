@@ -306,6 +306,25 @@ def test_head_gate_weights_each_head_term():
     assert (z_inter.contributions[:, 1] == 0).all()
 
 
+def test_weights_transform_edits_the_weights_before_the_values():
+    plain = _layer()
+    _, inter = plain(X, causal=True, return_intermediates=True)
+
+    def to_first_key(A):  # A (B, H, N, M): move half of every row's mass onto key 0
+        moved = 0.5 * A
+        moved[..., 0] += 0.5
+        return moved
+
+    out, e_inter = _layer(weights_transform=to_first_key)(X, causal=True, return_intermediates=True)
+    expected_weights = to_first_key(inter.weights.clone())
+    torch.testing.assert_close(e_inter.weights, expected_weights)
+    torch.testing.assert_close(e_inter.heads, expected_weights @ inter.v)  # A' V
+    torch.testing.assert_close(e_inter.scores, inter.scores)  # the scores are before the softmax
+    torch.testing.assert_close(e_inter.contributions.sum(1) + plain.w_o.bias, out)
+    with pytest.raises(ValueError, match="weights_transform must return weights of shape"):
+        _layer(weights_transform=lambda A: A[..., :1])(X)
+
+
 def test_head_transform_edits_one_head_at_one_position_before_w_o():
     plain = _layer()
     _, inter = plain(X, causal=True, return_intermediates=True)
