@@ -5,8 +5,9 @@ Fill in each function, then grade your work from the repository's root with
     attnbook grade 13
 
 or, in a notebook, ``check("ch13.<function name>", your_function)`` from attnbook.grading.
-Use only torch; do not import attnbook.mechanisms.attention_sinks (it solves these), except the
-experiment's recipe helpers that ablation_accuracy names.
+Use only torch; do not import attnbook.mechanisms.attention_sinks (it solves these). The
+experiment's recipe helpers that ablation_accuracy names live apart, in
+attnbook.mechanisms.attention_sinks_experiment.
 
 Conventions: attention weights A are post-softmax, (B, H, N, M): B sequences, H heads, N query
 rows, M keys. The image is a span of key positions ``img`` (a slice with step 1, e.g.
@@ -125,7 +126,7 @@ def ablation_accuracy(seed: int) -> dict[str, float]:
 
     Recipe (the chapter's miniature, scaled down to run in about a second):
 
-        from attnbook.mechanisms.attention_sinks import CAPTIONS, caption_accuracy, train_captioner
+        from attnbook.mechanisms.attention_sinks_experiment import CAPTIONS, caption_accuracy, train_captioner
         from attnbook.tasks import object_captions
         from attnbook.tasks.object_captions import BACKGROUND, OBJECT, REGISTER
 

@@ -60,7 +60,7 @@ def _mean_replace(v: Tensor, tokens: Tensor) -> Tensor:
 
 
 def ablation_accuracy(seed: int) -> dict[str, float]:
-    from attnbook.mechanisms.attention_sinks import CAPTIONS, caption_accuracy, train_captioner
+    from attnbook.mechanisms.attention_sinks_experiment import CAPTIONS, caption_accuracy, train_captioner
     from attnbook.tasks import object_captions
     from attnbook.tasks.object_captions import BACKGROUND, OBJECT, REGISTER
 

@@ -20,24 +20,20 @@ Rows keep their sums, so A' is still a distribution; α = 1 is the identity.
 
 Names: the thresholds χ_MA, χ_VR, χ_SR and the kept fraction α are the paper's τ, summ, ρ and p
 (the book keeps τ for the score scale, ρ for a magnitude, p_i for a position); the arguments keep
-the official code's names ``tau``, ``summ``, ``rho`` and ``p``. The chapter's experiment uses
-:func:`train_captioner` (the object-captions toy with a planted massive activation),
-:func:`replaced_values` and :func:`caption_accuracy`.
+the official code's names ``tau``, ``summ``, ``rho`` and ``p``.
 
-Why a wrapper and not an extension point: VAR edits the weights AFTER the softmax, and
-:class:`~attnbook.attention.MultiHeadAttention` has no hook there (its points act on q, k, the
-scores, the values and the head outputs). :class:`VARAttention` therefore calls the unchanged
-core layer for its :class:`~attnbook.attention.Intermediates` and recomputes the output from
-them, out = Σ_h (A'_h V_h) W_O^h + b_O. A ``weights_transform(weights, q, k) -> weights``
-point between the softmax and ``weights @ v`` would make it a one-line plug-in. Sinks are
-detected on the block's input, which the attention layer does not see; :func:`apply_var`
-reads it with a forward pre-hook on each block of a :class:`~attnbook.models.TinyTransformer`.
+How it plugs in: VAR edits the weights after the softmax and before they multiply the values,
+which is :class:`~attnbook.attention.MultiHeadAttention`'s ``weights_transform`` point.
+:class:`VARWeights` is that transform; it holds the sink mask of the current call. Sinks are
+detected on the block's input, which the attention layer does not see: :func:`apply_var` reads
+it with a forward pre-hook on each block of a :class:`~attnbook.models.TinyTransformer`, sets the
+mask before the attention runs, and restores each layer's previous transform afterwards. The
+chapter's experiment (the toy's training recipe and its scores) is
+:mod:`attnbook.mechanisms.attention_sinks_experiment`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import numbers
 from collections.abc import Sequence
 
@@ -55,11 +51,8 @@ __all__ = [
     "redistribute",
     "grouped_var_output",
     "mean_replace_values",
-    "VARAttention",
+    "VARWeights",
     "apply_var",
-    "replaced_values",
-    "train_captioner",
-    "caption_accuracy",
 ]
 
 
@@ -264,53 +257,44 @@ def mean_replace_values(v: Tensor, tokens: Tensor) -> Tensor:
     return torch.where(t, mean, v)
 
 
-class VARAttention(nn.Module):
-    """A MultiHeadAttention whose selected rows attend with VAR-redistributed weights.
+class VARWeights(nn.Module):
+    """VAR as a ``weights_transform`` of MultiHeadAttention: A (B, H, N, M) -> A'.
 
-    Calls the wrapped core layer for its Intermediates, then out = Σ_h g_h (A'_h V_h) W_O^h + b_O
-    (head_transform, if any, applied as in the core). Redistributes only when ``sink`` (B, M) is
-    set, and only on query rows after the image span. ``record`` keeps the last call's
-    weights, A', selection and sinks for inspection.
+    Install it as ``attn.weights_transform``; the core then computes
+    out = Σ_h g_h (A'_h V_h) W_O^h + b_O. It redistributes only while ``sink`` (B, M) is set
+    (otherwise it returns A itself), and only on the image-centric query rows after the image
+    span. ``record`` keeps the last call's weights, A', selection and sinks for inspection.
     """
 
-    def __init__(self, attn: nn.Module, img: slice, rho: float = 0.5, summ: float = 0.2, p: float = 0.6):
+    def __init__(self, img: slice, rho: float = 0.5, summ: float = 0.2, p: float = 0.6):
         super().__init__()
-        self.attn, self.img = attn, img
+        _image_keys(img, 1, None)  # a slice with step 1, or a named error now
+        self.img = img
         self.rho, self.summ = _number(rho, "rho", 0.0, 1.0), _number(summ, "summ", 0.0, 1.0)
         self.p = _number(p, "p", 0.0, 1.0)
         self.sink: Tensor | None = None
         self.record: dict[str, Tensor] = {}
 
-    def forward(self, x: Tensor, context: Tensor | None = None, *, return_intermediates=False, **kwargs):
-        """Same call as MultiHeadAttention; returns out (B, N, D) (and the Intermediates, with A')."""
-        if kwargs.get("return_weights"):
-            raise ValueError("VARAttention returns the edited weights through return_intermediates")
-        out, inter = self.attn(x, context, return_intermediates=True, **kwargs)
+    def forward(self, weights: Tensor) -> Tensor:
+        """A' (B, H, N, M): :func:`redistribute` on the selected rows; A itself when no sink is set."""
         self.record = {}
         if self.sink is None:
-            return (out, inter) if return_intermediates else out
-        A = inter.weights  # (B, H, N, M)
+            return weights
+        A = _weights(weights)
         N, M = A.shape[-2:]
         sel = image_centric(A, self.img, self.sink, self.rho, self.summ)  # (B, H, N)
-        start, stop, _ = self.img.indices(M)
+        _, stop, _ = self.img.indices(M)
         # only the text after the image: query positions p_i = i + M - N ≥ end of the image
         sel = sel & (query_positions(N, M, device=A.device) >= stop)
         A2 = redistribute(A, self.sink, self.img, sel, self.p)
-        heads = A2 @ inter.v  # (B, H, N, d)
-        if inter.gates is not None:
-            heads = heads * inter.gates.transpose(1, 2)[..., None]
-        if getattr(self.attn, "head_transform", None) is not None:
-            heads = self.attn.head_transform(heads)
-        H, d, D = self.attn.H, self.attn.d, self.attn.D
-        w_o = self.attn.w_o.weight.T.reshape(H, d, D)  # (H, d, D): W_O^h
-        # out = Σ_h (A'_h V_h) W_O^h + b_O
-        contributions = torch.einsum("bhnd,hde->bhne", heads, w_o)  # (B, H, N, D)
-        out = contributions.sum(1)
-        if self.attn.w_o.bias is not None:
-            out = out + self.attn.w_o.bias
         self.record = {"weights": A, "redistributed": A2, "selected": sel, "sink": self.sink}
-        inter = dataclasses.replace(inter, weights=A2, heads=heads, contributions=contributions)
-        return (out, inter) if return_intermediates else out
+        return A2
+
+
+def _set_weights_transform(layer: nn.Module, transform) -> None:
+    """layer.weights_transform = transform, whether the old or new value is a module or a function."""
+    delattr(layer, "weights_transform")  # nn.Module keeps submodules and plain attributes apart
+    layer.weights_transform = transform
 
 
 def apply_var(
@@ -329,8 +313,10 @@ def apply_var(
 ) -> tuple[Tensor, list[dict[str, Tensor]]]:
     """Run a TinyTransformer with VAR: sinks found on each block's input, weights redistributed.
 
-    Layers before ``first_layer`` (2 in the official code) find no sinks and are left alone; so is
-    the last layer when ``skip_last``. The model is restored afterwards.
+    Each edited layer gets a :class:`VARWeights` as its ``weights_transform`` (replacing any it
+    had) for this one call; a forward pre-hook on its block sets the sinks from the block's input.
+    Layers before ``first_layer`` (2 in the official code) are left alone; so is the last layer
+    when ``skip_last``. Every layer's previous ``weights_transform`` is restored afterwards.
 
     Args:
         model: a TinyTransformer whose blocks hold MultiHeadAttention layers.
@@ -344,102 +330,34 @@ def apply_var(
     first_layer = require_int(first_layer, "first_layer", minimum=0)
     tau = _number(tau, "tau", 0.0)
     records: list[dict[str, Tensor]] = [{} for _ in blocks]
-    wrappers, handles = [], []
-    for layer, block in enumerate(blocks):
-        active = layer >= first_layer and not (skip_last and layer == len(blocks) - 1)
-        wrapper = VARAttention(block.attn, img, rho, summ, p)
-        wrappers.append(wrapper)
+    transforms: dict[int, VARWeights] = {
+        layer: VARWeights(img, rho, summ, p)
+        for layer in range(len(blocks))
+        if layer >= first_layer and not (skip_last and layer == len(blocks) - 1)
+    }
 
-        def read_input(module, args, layer=layer, wrapper=wrapper, active=active):
-            # MA on the block's input x_l (the residual stream), sinks where MA > χ_MA
+    def input_reader(layer: int):
+        def read_input(module, args):
+            # MA on the block's input x_l (the residual stream), sinks where MA > χ_MA,
+            # set before the block's attention runs
             phi = sink_scores(args[0], dims, eps)  # (B, N)
             records[layer]["phi"] = phi
-            wrapper.sink = phi > tau if active else None
+            if layer in transforms:
+                transforms[layer].sink = phi > tau
 
-        handles.append(block.register_forward_pre_hook(read_input))
-    originals = [block.attn for block in blocks]
+        return read_input
+
+    handles = [block.register_forward_pre_hook(input_reader(layer)) for layer, block in enumerate(blocks)]
+    saved = {layer: blocks[layer].attn.weights_transform for layer in transforms}
     try:
-        for block, wrapper in zip(blocks, wrappers):
-            block.attn = wrapper
+        for layer, transform in transforms.items():
+            _set_weights_transform(blocks[layer].attn, transform)
         logits = model(inputs)
     finally:
-        for block, original in zip(blocks, originals):
-            block.attn = original
+        for layer, previous in saved.items():
+            _set_weights_transform(blocks[layer].attn, previous)
         for handle in handles:
             handle.remove()
-    for record, wrapper in zip(records, wrappers):
-        record.update(wrapper.record)
+    for layer, transform in transforms.items():
+        records[layer].update(transform.record)
     return logits, records
-
-
-@contextlib.contextmanager
-def replaced_values(model: nn.Module, tokens: Tensor):
-    """Within the block, every layer of ``model`` mean-replaces the values of ``tokens`` (B, M) bool.
-
-    Sets each block's ``attn.value_transform`` to :func:`mean_replace_values` and restores it after.
-    """
-    layers = [block.attn for block in model.blocks]
-    saved = [layer.value_transform for layer in layers]
-    try:
-        for layer in layers:
-            layer.value_transform = lambda v: mean_replace_values(v, tokens)
-        yield model
-    finally:
-        for layer, value_transform in zip(layers, saved):
-            layer.value_transform = value_transform
-
-
-# the chapter's toy: one pair of objects per image, one register, 12 slots (N = 17)
-CAPTIONS = dict(n_objects=8, n_slots=12, pairs_per_image=1, n_registers=1)
-
-
-def train_captioner(
-    seed: int,
-    *,
-    D: int = 64,
-    H: int = 4,
-    layers: int = 3,
-    mlp_ratio: int = 1,
-    steps: int = 100,
-    batch_size: int = 16,
-    lr: float = 4e-3,
-    sink_dim: int = 5,
-    spike: float = 30.0,
-) -> nn.Module:
-    """Train a TinyTransformer on object captions (``CAPTIONS``) with a planted massive activation.
-
-    The register token's embedding holds ``spike`` on dimension ``sink_dim``, frozen during
-    training (its gradient there is zeroed); everything else trains. ``seed`` fixes the initial
-    weights and the batches. Returns the model in eval mode.
-    """
-    import torch.nn.functional as F
-
-    from ..models import ModelConfig, TinyTransformer
-    from ..tasks.object_captions import IGNORE, object_captions
-    from ..train import train
-
-    vocab = object_captions(1, **CAPTIONS).vocab
-    N = CAPTIONS["n_slots"] + 2 * CAPTIONS["pairs_per_image"] + 3
-    torch.manual_seed(seed)
-    config = ModelConfig(D=D, H=H, layers=layers, vocab=vocab.size, max_len=N, mlp_ratio=mlp_ratio)
-    model = TinyTransformer(config)
-    with torch.no_grad():
-        model.embed.weight[vocab.register, sink_dim] = spike
-    frozen = torch.ones_like(model.embed.weight)
-    frozen[vocab.register, sink_dim] = 0.0
-    handle = model.embed.weight.register_hook(lambda grad: grad * frozen)
-
-    def loss_fn(m, batch):
-        logits = m(batch.tokens)  # (B, N, vocab)
-        return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
-
-    batches = lambda step, g: object_captions(batch_size, generator=g, **CAPTIONS)  # noqa: E731
-    train(model, batches, loss_fn, steps=steps, lr=lr, seed=seed, progress=False)
-    handle.remove()
-    return model.eval()
-
-
-def caption_accuracy(logits: Tensor, batch) -> float:
-    """Fraction of caption positions (targets != IGNORE) whose argmax is the target; logits (B, N, V)."""
-    answer = batch.targets != -100
-    return (logits.argmax(-1)[answer] == batch.targets[answer]).float().mean().item()

@@ -8,19 +8,19 @@ import torch
 from attnbook.attention import MultiHeadAttention
 from attnbook.chapters import by_number
 from attnbook.mechanisms import attention_sinks as mechanism
+from attnbook.mechanisms import attention_sinks_experiment as experiment
 from attnbook.mechanisms.attention_sinks import (
-    VARAttention,
+    VARWeights,
     apply_var,
-    caption_accuracy,
     grouped_var_output,
     image_centric,
     mean_replace_values,
     redistribute,
-    replaced_values,
     rms_normalise,
     sink_mask,
     sink_scores,
 )
+from attnbook.mechanisms.attention_sinks_experiment import caption_accuracy, replaced_values
 from attnbook.models import ModelConfig, TinyTransformer
 from attnbook.tasks import object_captions
 from tests.library.device_check import assert_follow, on_devices_and_dtypes, tensors_without_device_go_to_meta
@@ -31,8 +31,10 @@ DTYPES = (torch.float32, torch.float64)
 
 def test_the_public_names_are_documented():
     assert mechanism.__all__, f"{CHAPTER.mechanism_path} exports nothing"
-    for name in mechanism.__all__:
-        assert getattr(mechanism, name).__doc__, f"{name} has no docstring"
+    for module in (mechanism, experiment):
+        assert module.__doc__
+        for name in module.__all__:
+            assert getattr(module, name).__doc__, f"{name} has no docstring"
 
 
 def _rows(B, H, N, M, dtype, seed=0, causal=False):
@@ -253,25 +255,30 @@ def test_caption_accuracy_counts_only_the_caption_positions():
 # ---- the layer and the model -----------------------------------------------------------------
 
 
-def test_var_attention_recomputes_the_core_output_from_a_prime():
+def test_var_weights_plug_into_the_core_between_softmax_and_values():
     torch.manual_seed(0)
     mha = MultiHeadAttention(12, 3).double()
     x = torch.randn(2, 9, 12, dtype=torch.float64)
-    layer = VARAttention(mha, slice(1, 6), rho=0.9, summ=0.1, p=0.3)
-    assert torch.equal(layer(x, causal=True), mha(x, causal=True))  # no sinks set: the core layer
-    layer.sink = torch.zeros(2, 9, dtype=torch.bool)
-    layer.sink[:, [0, 3]] = True
-    out, inter = layer(x, causal=True, return_intermediates=True)
     _, base = mha(x, causal=True, return_intermediates=True)
-    sel = layer.record["selected"]
+    plain = mha(x, causal=True)
+    var = VARWeights(slice(1, 6), rho=0.9, summ=0.1, p=0.3)
+    mha.weights_transform = var
+    assert torch.equal(mha(x, causal=True), plain) and var.record == {}  # no sinks set: the core layer
+    var.sink = torch.zeros(2, 9, dtype=torch.bool)
+    var.sink[:, [0, 3]] = True
+    out, inter = mha(x, causal=True, return_intermediates=True)
+    sel = var.record["selected"]
     assert sel.any() and not sel[..., :6].any()  # only the queries after the image
-    expected_weights = redistribute(base.weights, layer.sink, slice(1, 6), sel, 0.3)
+    expected_weights = redistribute(base.weights, var.sink, slice(1, 6), sel, 0.3)
+    assert torch.equal(var.record["weights"], base.weights) and torch.equal(inter.weights, expected_weights)
+    # out = Σ_h (A'_h V_h) W_O^h + b_O, as one matrix product
     heads = (expected_weights @ base.v).transpose(1, 2).reshape(2, 9, 12)
     assert torch.allclose(out, heads @ mha.w_o.weight.T + mha.w_o.bias, atol=1e-12)
     assert torch.allclose(inter.contributions.sum(1) + mha.w_o.bias, out, atol=1e-12)
-    assert torch.allclose(inter.weights, expected_weights)
-    layer.p = 1.0
-    assert torch.allclose(layer(x, causal=True), mha(x, causal=True), atol=1e-12)
+    var.p = 1.0
+    assert torch.allclose(mha(x, causal=True), plain, atol=1e-12)
+    with pytest.raises(TypeError, match="img"):
+        VARWeights(slice(1, 6, 2))
 
 
 def _by_hand(model, tokens, dims, tau, img, rho, summ, p):
@@ -309,12 +316,18 @@ def test_apply_var_equals_the_forward_written_out_and_restores_the_model():
         assert torch.allclose(logits, expected, atol=1e-10)
         assert not torch.allclose(logits, model(tokens), atol=1e-4)  # VAR changed something
         assert all(isinstance(b.attn, MultiHeadAttention) for b in model.blocks)
+        assert all(b.attn.weights_transform is None for b in model.blocks)  # restored
         assert "redistributed" in records[1] and "redistributed" not in records[2]
         assert records[0]["sink"][:, 3].all() and all("phi" in r for r in records)
         same, _ = apply_var(model, tokens, first_layer=0, **{**kw, "p": 1.0})
         assert torch.allclose(same, model(tokens), atol=1e-12)
         late, records = apply_var(model, tokens, **kw)  # first_layer = 2 = the last: nothing edited
         assert torch.allclose(late, model(tokens), atol=1e-12) and "redistributed" not in records[2]
+        # a transform the layer already had is replaced for the run, then given back
+        identity = lambda A: A  # noqa: E731
+        model.blocks[1].attn.weights_transform = identity
+        again, _ = apply_var(model, tokens, first_layer=0, **kw)
+        assert torch.equal(again, logits) and model.blocks[1].attn.weights_transform is identity
 
 
 # ---- errors and devices ----------------------------------------------------------------------

@@ -323,7 +323,12 @@ TOLERANCE = 0.03  # the learner's and the reference's runs of one seed agree to 
 
 
 def _ablation_run(seed: int) -> dict[str, float]:
-    from ...mechanisms.attention_sinks import CAPTIONS, caption_accuracy, replaced_values, train_captioner
+    from ...mechanisms.attention_sinks_experiment import (
+        CAPTIONS,
+        caption_accuracy,
+        replaced_values,
+        train_captioner,
+    )
     from ...tasks.object_captions import BACKGROUND, OBJECT, REGISTER, object_captions
 
     model = train_captioner(seed, **ABLATION_RECIPE)
