@@ -17,58 +17,61 @@ import torch
 from torch import Tensor
 
 
-def multi_branch_attention(h: Tensor, V: Tensor, U: Tensor, W: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """K gated-attention branches over one bag, sharing their keys.
+def multi_branch_attention(
+    X: Tensor, W_tanh: Tensor, W_gate: Tensor, Q: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """H gated-attention branches over one bag, sharing their keys.
 
-    keys κ_i = tanh(V h_i) ⊙ sigmoid(U h_i); logits A_{k,i} = w_k^T κ_i (no 1/sqrt(D));
-    a_k = softmax over the instances of A_k; f_k = Σ_i a_{k,i} h_i; the slide feature pools with
-    the mean attention ā = (1/K) Σ_k a_k.
+    keys k_j = tanh(W_tanh x_j) ⊙ sigmoid(W_gate x_j); scores S_{hj} = q_h^T k_j (no 1/sqrt(d));
+    A_h = softmax over the instances of S_h; f_h = Σ_j A_{hj} x_j; the slide feature pools with
+    the mean attention Ā = (1/H) Σ_h A_h.
 
     Args:
-        h: instance features (N, L), float32 or float64.
-        V: (D, L) weight of the tanh branch of the keys (nn.Linear's layout: V h_i = h @ V.T).
-        U: (D, L) weight of the sigmoid gate.
-        W: (K, D) one query row w_k per branch.
+        X: instance features x_j, one per row (M, D), float32 or float64.
+        W_tanh: (d, D) weight of the tanh half of the keys (nn.Linear's layout:
+            the rows of X @ W_tanh.T are the W_tanh x_j).
+        W_gate: (d, D) weight of the sigmoid gate.
+        Q: (H, d) one query row q_h per branch.
 
     Returns:
-        a (K, N) with rows summing to 1, f (K, L), f_slide (L,); all in h's dtype.
+        A (H, M) with rows summing to 1, f (H, D), f_slide (D,); all in X's dtype.
     """
     raise NotImplementedError("ch08.multi_branch_attention")
 
 
 def stkim_mask(
-    logits: Tensor, k_top: int, p: float, generator: torch.Generator, training: bool = True
+    logits: Tensor, n_top: int, p: float, generator: torch.Generator, training: bool = True
 ) -> Tensor:
-    """Stochastic top-K instance masking of the attention logits (training only).
+    """Stochastic top-n_top instance masking of the attention scores S (training only).
 
-    In every branch (row) separately: take the min(k_top, N) instances with the largest logits,
-    draw n = ⌊min(k_top, N)·p⌋ of them uniformly at random and set their logits to -inf. Draw
-    every random number from ``generator``; the reference code ranks the candidates of all
-    branches at once by ``torch.argsort(torch.rand(K, min(k_top, N), generator=generator), dim=1)``
-    and hides the first n. With ``training=False`` nothing is masked.
+    In every branch (row) separately: take the min(n_top, M) instances with the largest scores,
+    draw n_drop = ⌊min(n_top, M)·p⌋ of them uniformly at random and set their scores to -inf.
+    Draw every random number from ``generator``; the reference code ranks the candidates of all
+    branches at once by ``torch.argsort(torch.rand(H, min(n_top, M), generator=generator), dim=1)``
+    and hides the first n_drop. With ``training=False`` nothing is masked.
 
     Args:
-        logits: attention logits (K, N), float32 or float64; do not change it in place.
-        k_top: the number of candidates per branch (an int >= 0).
-        p: the share of the candidates hidden, in [0, 1] (n < N in every graded case).
+        logits: attention scores S (H, M), float32 or float64; do not change it in place.
+        n_top: the number of candidates per branch (an int >= 0).
+        p: the share of the candidates hidden, in [0, 1] (n_drop < M in every graded case).
         generator: a torch.Generator, the only source of randomness.
         training: False returns ``logits`` unchanged.
 
     Returns:
-        (K, N) logits in the input's dtype: -inf on the hidden instances, unchanged elsewhere.
+        (H, M) scores in the input's dtype: -inf on the hidden instances, unchanged elsewhere.
     """
     raise NotImplementedError("ch08.stkim_mask")
 
 
 def diversity_loss(a: Tensor) -> Tensor:
-    """The mean cosine similarity of the branches' attention over the pairs j < k.
+    """The mean cosine similarity of the branches' attention over the pairs h < h'.
 
     Args:
-        a: attention weights (K, N), one row per branch, float32 or float64.
+        a: attention weights A (H, M), one row A_h per branch, float32 or float64.
 
     Returns:
         a 0-d tensor in a's dtype, differentiable with respect to a: 1 for identical
-        branches, 0 for branches on disjoint instances, and 0 (not NaN) when K = 1.
+        branches, 0 for branches on disjoint instances, and 0 (not NaN) when H = 1.
     """
     raise NotImplementedError("ch08.diversity_loss")
 
@@ -76,16 +79,16 @@ def diversity_loss(a: Tensor) -> Tensor:
 def acmil_loss(branch_logits: Tensor, slide_logits: Tensor, a: Tensor, y: int) -> Tensor:
     """ACMIL's training loss for one bag: ℒ = ℒ_div + ℒ_branch + ℒ_slide, unit weights.
 
-    ℒ_slide = CE(slide_logits, y); ℒ_branch = the MEAN over the K branches of CE(branch_logits_k, y);
-    ℒ_div = the mean cosine similarity of the rows of a over the pairs j < k (as diversity_loss).
-    As in the reference training script, one branch (K = 1) drops ℒ_branch (and ℒ_div is 0): the
+    ℒ_slide = CE(slide_logits, y); ℒ_branch = the MEAN over the H branches of CE(branch_logits_h, y);
+    ℒ_div = the mean cosine similarity of the rows of a over the pairs h < h' (as diversity_loss).
+    As in the reference training script, one branch (H = 1) drops ℒ_branch (and ℒ_div is 0): the
     loss is then CE(slide_logits, y) alone.
 
     Args:
-        branch_logits: class logits of each branch (K, C), float32 or float64.
-        slide_logits: class logits of the slide classifier (C,).
-        a: the branches' attention weights (K, N) that produced them.
-        y: the bag's label, an int in [0, C).
+        branch_logits: class logits of each branch (H, n_classes), float32 or float64.
+        slide_logits: class logits of the slide classifier (n_classes,).
+        a: the branches' attention weights A (H, M) that produced them.
+        y: the bag's label, an int in [0, n_classes).
 
     Returns:
         a 0-d tensor, differentiable with respect to all three tensors.
@@ -101,7 +104,7 @@ def stkim_experiment(p: float, seed: int) -> float:
     - ``g = torch.Generator().manual_seed(seed)``; ``patterns = shortcut_patterns(16, g)``;
       ``train = shortcut_bags(15, "train", patterns, g)``, then
       ``test = shortcut_bags(60, "test", patterns, g)`` (attnbook.tasks).
-    - ``torch.manual_seed(seed)``; ``model = ACMIL(16, 32, 16, K=1, k_top=10, p=p)``
+    - ``torch.manual_seed(seed)``; ``model = ACMIL(16, 32, 16, H=1, n_top=10, p=p)``
       (attnbook.mechanisms.multi_branch_pooling; p = 0 is plain ABMIL);
       ``torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=1e-5)``.
     - ``gen = torch.Generator().manual_seed(seed + 100)``; 15 epochs, each over the training bags

@@ -9,48 +9,51 @@ from attnbook.mechanisms.multi_branch_pooling import acmil_loss as library_acmil
 from attnbook.tasks import shortcut_bags, shortcut_patterns
 
 
-def multi_branch_attention(h: Tensor, V: Tensor, U: Tensor, W: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    # κ_i = tanh(V h_i) ⊙ sigmoid(U h_i)
-    keys = torch.tanh(h @ V.T) * torch.sigmoid(h @ U.T)  # (N, D)
-    # A = W κ^T
-    logits = W @ keys.T  # (K, N)
-    # a_k = softmax_i(A_k)
-    a = torch.softmax(logits, dim=1)
-    # f_k = Σ_i a_{k,i} h_i ;  f_slide = Σ_i ā_i h_i
-    return a, a @ h, a.mean(dim=0) @ h
+def multi_branch_attention(
+    X: Tensor, W_tanh: Tensor, W_gate: Tensor, Q: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    # k_j = tanh(W_tanh x_j) ⊙ sigmoid(W_gate x_j)
+    keys = torch.tanh(X @ W_tanh.T) * torch.sigmoid(X @ W_gate.T)  # (M, d)
+    # S = Q k^T
+    S = Q @ keys.T  # (H, M)
+    # A_h = softmax_j(S_h)
+    A = torch.softmax(S, dim=1)
+    # f_h = Σ_j A_{hj} x_j ;  f_slide = Σ_j Ā_j x_j
+    return A, A @ X, A.mean(dim=0) @ X
 
 
 def stkim_mask(
-    logits: Tensor, k_top: int, p: float, generator: torch.Generator, training: bool = True
+    logits: Tensor, n_top: int, p: float, generator: torch.Generator, training: bool = True
 ) -> Tensor:
     if not training:
         return logits
-    K, N = logits.shape
-    top = min(k_top, N)
-    n = int(top * p)
-    candidates = torch.topk(logits, top, dim=1).indices  # (K, top)
-    order = torch.argsort(torch.rand(K, top, generator=generator, device=logits.device), dim=1)
-    hidden = torch.zeros_like(logits, dtype=torch.bool).scatter(1, candidates.gather(1, order[:, :n]), True)
+    H, M = logits.shape
+    top = min(n_top, M)
+    n_drop = int(top * p)
+    candidates = torch.topk(logits, top, dim=1).indices  # (H, top)
+    order = torch.argsort(torch.rand(H, top, generator=generator, device=logits.device), dim=1)
+    chosen = candidates.gather(1, order[:, :n_drop])
+    hidden = torch.zeros_like(logits, dtype=torch.bool).scatter(1, chosen, True)
     return logits.masked_fill(hidden, float("-inf"))
 
 
 def diversity_loss(a: Tensor) -> Tensor:
-    K = a.shape[0]
-    if K == 1:
+    H = a.shape[0]
+    if H == 1:
         return a.sum() * 0.0
     unit = a / a.norm(dim=1, keepdim=True)
-    j, k = torch.triu_indices(K, K, offset=1, device=a.device)
-    # mean over j < k of cos(a_j, a_k)
-    return (unit @ unit.T)[j, k].mean()
+    h, h2 = torch.triu_indices(H, H, offset=1, device=a.device)
+    # mean over h < h' of cos(A_h, A_h')
+    return (unit @ unit.T)[h, h2].mean()
 
 
 def acmil_loss(branch_logits: Tensor, slide_logits: Tensor, a: Tensor, y: int) -> Tensor:
-    K = branch_logits.shape[0]
-    target = torch.full((K,), y, dtype=torch.long, device=branch_logits.device)
+    H = branch_logits.shape[0]
+    target = torch.full((H,), y, dtype=torch.long, device=branch_logits.device)
     # ℒ_slide = CE(slide, y)
     loss = F.cross_entropy(slide_logits[None], target[:1])
-    if K > 1:
-        # ℒ_branch = mean_k CE(branch_k, y) ;  ℒ_div = mean_{j<k} cos(a_j, a_k)
+    if H > 1:
+        # ℒ_branch = mean_h CE(branch_h, y) ;  ℒ_div = mean_{h<h'} cos(A_h, A_h')
         loss = loss + F.cross_entropy(branch_logits, target) + diversity_loss(a)
     return loss
 
@@ -67,7 +70,7 @@ def stkim_experiment(p: float, seed: int) -> float:
     patterns = shortcut_patterns(16, g)
     train, test = shortcut_bags(15, "train", patterns, g), shortcut_bags(60, "test", patterns, g)
     torch.manual_seed(seed)
-    model = ACMIL(16, 32, 16, K=1, k_top=10, p=p)
+    model = ACMIL(16, 32, 16, H=1, n_top=10, p=p)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=1e-5)
     gen = torch.Generator().manual_seed(seed + 100)
     for _ in range(15):

@@ -16,7 +16,7 @@ def gate(X: Tensor, g: Tensor, mode: str = "mul") -> Tensor:
 def medusa_heads(dec: list[Tensor], weights: list[Tensor], biases: list[Tensor]) -> list[Tensor]:
     # g_h = sigmoid(Σ_c w_c E_c + b), one channel kept: (B, 1, h_s, w_s)
     return [
-        torch.sigmoid(torch.einsum("bchw,c->bhw", D, w) + b)[:, None] for D, w, b in zip(dec, weights, biases)
+        torch.sigmoid(torch.einsum("bchw,c->bhw", E, w) + b)[:, None] for E, w, b in zip(dec, weights, biases)
     ]
 
 

@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 MODES = ("mul", "residual")
-"""The two gating forms: F ⊙ A ("mul") and F ⊙ (1 + A) ("residual")."""
+"""The two gating forms: X ⊙ g ("mul") and X ⊙ (1 + g) ("residual")."""
 
 
 def _size(size: object) -> tuple[int, int]:
@@ -64,63 +64,61 @@ def _size(size: object) -> tuple[int, int]:
     return require_int(size[0], "size[0] (H)", minimum=1), require_int(size[1], "size[1] (W)", minimum=1)
 
 
-def resize_map(A: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize (align_corners=False) of attention maps to a stage's spatial size.
+def resize_map(g: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize (align_corners=False) of gate maps to a stage's spatial size.
 
     Args:
-        A: (B, C, h, w) maps, float (C = 1 for one map per image).
+        g: (B, C, h, w) maps, float (C = 1 for one map per image).
         size: (H, W), the target height and width (in this order).
     Returns:
-        (B, C, H, W), A's dtype and device; A itself when (h, w) == (H, W).
+        (B, C, H, W), g's dtype and device; g itself when (h, w) == (H, W).
     """
-    require_tensor(A, "A", ndim=4, floating=True, shape="(B, C, h, w)")
+    require_tensor(g, "g", ndim=4, floating=True, shape="(B, C, h, w)")
     H, W = _size(size)
-    if A.shape[-2:] == (H, W):
-        return A
-    # A'(y, x) = bilinear interpolation of A at ((y + ½)·h/H - ½, (x + ½)·w/W - ½)
-    return F.interpolate(A, size=(H, W), mode="bilinear", align_corners=False)
+    if g.shape[-2:] == (H, W):
+        return g
+    # resize(g)(y, x) = bilinear interpolation of g at ((y + ½)·h/H - ½, (x + ½)·w/W - ½)
+    return F.interpolate(g, size=(H, W), mode="bilinear", align_corners=False)
 
 
-def gate(F_s: Tensor, A: Tensor, mode: str = "mul") -> Tensor:
-    """Gate the features of one backbone stage with one head's spatial map.
+def gate(X: Tensor, g: Tensor, mode: str = "mul") -> Tensor:
+    """Gate the features X^(h) of one backbone stage with one head's spatial map g_h.
 
     Args:
-        F_s: (B, C, H, W) stage features, float.
-        A: (B, 1, h, w) attention map in [0, 1] (already a sigmoid: no second σ), same dtype
+        X: (B, C, H, W) stage features, float.
+        g: (B, 1, h, w) gate map in [0, 1] (already a sigmoid: no second σ), same dtype
             and device; any (h, w), resized bilinearly (align_corners=False) to (H, W).
-        mode: "mul" for F ⊙ A, "residual" for F ⊙ (1 + A).
+        mode: "mul" for X ⊙ resize(g), "residual" for X ⊙ (1 + resize(g)).
     Returns:
-        (B, C, H, W) gated features, F_s's dtype and device.
+        (B, C, H, W) gated features X̃, X's dtype and device.
     """
-    require_tensor(F_s, "F_s", ndim=4, floating=True, shape="(B, C, H, W)")
-    require_tensor(A, "A", ndim=4, floating=True, shape="(B, 1, h, w)")
-    require_same_dtype_device(F_s=F_s, A=A)
-    if A.shape[0] != F_s.shape[0] or A.shape[1] != 1:
+    require_tensor(X, "X", ndim=4, floating=True, shape="(B, C, H, W)")
+    require_tensor(g, "g", ndim=4, floating=True, shape="(B, 1, h, w)")
+    require_same_dtype_device(X=X, g=g)
+    if g.shape[0] != X.shape[0] or g.shape[1] != 1:
         raise ValueError(
-            f"A must have shape (B={F_s.shape[0]}, 1, h, w) for F_s of shape {tuple(F_s.shape)}, "
-            f"got {tuple(A.shape)}"
+            f"g must have shape (B={X.shape[0]}, 1, h, w) for X of shape {tuple(X.shape)}, "
+            f"got {tuple(g.shape)}"
         )
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    a = resize_map(A, F_s.shape[-2:])  # (B, 1, H, W)
-    # F' = F ⊙ A   or   F' = F ⊙ (1 + A), broadcast over the C channels
-    return F_s * a if mode == "mul" else F_s * (1 + a)
+    a = resize_map(g, X.shape[-2:])  # (B, 1, H, W)
+    # X̃ = X ⊙ resize(g)   or   X̃ = X ⊙ (1 + resize(g)), broadcast over the C channels
+    return X * a if mode == "mul" else X * (1 + a)
 
 
 def medusa_heads(dec: list[Tensor], weights: list[Tensor], biases: list[Tensor]) -> list[Tensor]:
-    """The S heads: a 1×1 convolution to one channel and a sigmoid, one per decoder scale.
+    """The H heads: a 1×1 convolution to one channel and a sigmoid, one per decoder scale.
 
     Args:
-        dec: S decoder maps D_s (B, C_s, h_s, w_s), float, one dtype and device.
-        weights: S tensors (C_s,), the 1×1 convolution of head s.
-        biases: S 0-d tensors, the bias b_s of head s.
+        dec: H decoder maps E_h (B, C_h, h, w), float, one dtype and device.
+        weights: H tensors (C_h,), the 1×1 convolution of head h.
+        biases: H 0-d tensors, the bias b_h of head h.
     Returns:
-        S maps A_s (B, 1, h_s, w_s) in [0, 1], the inputs' dtype and device.
+        H gate maps g_h (B, 1, h, w) in [0, 1], the inputs' dtype and device.
     """
     if not isinstance(dec, (list, tuple)) or not dec:
-        raise TypeError(
-            f"dec must be a non-empty list of (B, C_s, h_s, w_s) tensors, got {type(dec).__name__}"
-        )
+        raise TypeError(f"dec must be a non-empty list of (B, C_h, h, w) tensors, got {type(dec).__name__}")
     if not isinstance(weights, (list, tuple)) or not isinstance(biases, (list, tuple)):
         raise TypeError("weights and biases must be lists, one entry per head")
     if not len(dec) == len(weights) == len(biases):
@@ -129,18 +127,18 @@ def medusa_heads(dec: list[Tensor], weights: list[Tensor], biases: list[Tensor])
             f"{len(weights)} weights, {len(biases)} biases"
         )
     maps = []
-    for s, (D, w, b) in enumerate(zip(dec, weights, biases)):
-        require_tensor(D, f"dec[{s}]", ndim=4, floating=True, shape="(B, C_s, h_s, w_s)")
-        require_tensor(w, f"weights[{s}]", ndim=1, floating=True, shape=f"(C_s={D.shape[1]},)")
+    for s, (E, w, b) in enumerate(zip(dec, weights, biases)):
+        require_tensor(E, f"dec[{s}]", ndim=4, floating=True, shape="(B, C_h, h, w)")
+        require_tensor(w, f"weights[{s}]", ndim=1, floating=True, shape=f"(C_h={E.shape[1]},)")
         require_tensor(b, f"biases[{s}]", ndim=0, floating=True, shape="() (a 0-d tensor)")
-        require_same_dtype_device(**{"dec[0]": dec[0], f"dec[{s}]": D, f"weights[{s}]": w, f"biases[{s}]": b})
-        if w.shape[0] != D.shape[1] or D.shape[0] != dec[0].shape[0]:
+        require_same_dtype_device(**{"dec[0]": dec[0], f"dec[{s}]": E, f"weights[{s}]": w, f"biases[{s}]": b})
+        if w.shape[0] != E.shape[1] or E.shape[0] != dec[0].shape[0]:
             raise ValueError(
-                f"weights[{s}] must have shape ({D.shape[1]},) for dec[{s}] of shape {tuple(D.shape)} "
+                f"weights[{s}] must have shape ({E.shape[1]},) for dec[{s}] of shape {tuple(E.shape)} "
                 f"(and every map batch size {dec[0].shape[0]}), got {tuple(w.shape)}"
             )
-        # A_s = σ(Σ_c w_c D_c + b)
-        maps.append(torch.sigmoid(torch.einsum("bchw,c->bhw", D, w) + b)[:, None])  # (B, 1, h_s, w_s)
+        # g_h = σ(Σ_c w_c E_{h,c} + b_h)
+        maps.append(torch.sigmoid(torch.einsum("bchw,c->bhw", E, w) + b)[:, None])  # (B, 1, h, w)
     return maps
 
 
@@ -161,25 +159,25 @@ def zscore_image(img: Tensor) -> Tensor:
     return torch.where(std > 0, (x - mean) / torch.where(std > 0, std, 1), 0)
 
 
-def attention_iou(A: Tensor, mask: Tensor, thr: float = 0.5) -> Tensor:
-    """IoU of a thresholded attention map with a region (the lung fields, say), per image.
+def attention_iou(g: Tensor, mask: Tensor, thr: float = 0.5) -> Tensor:
+    """IoU of a thresholded gate map with a region (the lung fields, say), per image.
 
     Args:
-        A: (B, 1, h, w) maps in [0, 1]; resized bilinearly to the mask's size first.
+        g: (B, 1, h, w) maps in [0, 1]; resized bilinearly to the mask's size first.
         mask: (B, H, W) bool region.
-        thr: a position is "attended" when A > thr.
+        thr: a position is "attended" when resize(g) > thr.
     Returns:
-        (B,) IoU = |A>thr ∧ mask| / |A>thr ∨ mask| in A's dtype; 1 when both are empty.
+        (B,) IoU = |g>thr ∧ mask| / |g>thr ∨ mask| in g's dtype; 1 when both are empty.
     """
-    require_tensor(A, "A", ndim=4, floating=True, shape="(B, 1, h, w)")
+    require_tensor(g, "g", ndim=4, floating=True, shape="(B, 1, h, w)")
     require_tensor(mask, "mask", ndim=3, shape="(B, H, W)")
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be boolean (True = inside the region), got {mask.dtype}")
-    if A.shape[1] != 1 or A.shape[0] != mask.shape[0] or A.device != mask.device:
-        raise ValueError(f"A {tuple(A.shape)} and mask {tuple(mask.shape)} need one batch size, one device")
-    attended = resize_map(A, mask.shape[-2:])[:, 0] > thr  # (B, H, W)
-    inter = (attended & mask).sum(dim=(-2, -1)).to(A.dtype)
-    union = (attended | mask).sum(dim=(-2, -1)).to(A.dtype)
+    if g.shape[1] != 1 or g.shape[0] != mask.shape[0] or g.device != mask.device:
+        raise ValueError(f"g {tuple(g.shape)} and mask {tuple(mask.shape)} need one batch size, one device")
+    attended = resize_map(g, mask.shape[-2:])[:, 0] > thr  # (B, H, W)
+    inter = (attended & mask).sum(dim=(-2, -1)).to(g.dtype)
+    union = (attended | mask).sum(dim=(-2, -1)).to(g.dtype)
     return torch.where(union > 0, inter / union.clamp_min(1), 1)
 
 
@@ -192,7 +190,7 @@ class MedusaBody(nn.Module):
 
     Input (B, 1, h, w), h and w multiples of 8 (32×32 in the chapter). Encoder widths c, 2c,
     4c at h, h/2, h/4 and a bottleneck at h/8; the decoder goes back up with skips, and taps
-    D_1 (c, h), D_2 (2c, h/2), D_3 (4c, h/4): finest first, the order of the backbone stages.
+    E_1 (c, h), E_2 (2c, h/2), E_3 (4c, h/4): finest first, the order of the backbone stages.
     """
 
     def __init__(self, c: int = 8):
@@ -206,7 +204,7 @@ class MedusaBody(nn.Module):
         self.heads = nn.ModuleList([nn.Conv2d(w, 1, 1) for w in (c, 2 * c, 4 * c)])
 
     def decoder_maps(self, x: Tensor) -> list[Tensor]:
-        """(B, 1, h, w) -> [D_1 (B, c, h, w), D_2 (B, 2c, h/2, w/2), D_3 (B, 4c, h/4, w/4)]."""
+        """(B, 1, h, w) -> [E_1 (B, c, h, w), E_2 (B, 2c, h/2, w/2), E_3 (B, 4c, h/4, w/4)]."""
         require_tensor(x, "x", ndim=4, floating=True, shape="(B, 1, h, w)")
         skips = []
         for layer in self.enc:
@@ -222,7 +220,7 @@ class MedusaBody(nn.Module):
         return out[::-1]
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """(B, 1, h, w) -> [A_1 (B, 1, h, w), A_2 (B, 1, h/2, w/2), A_3 (B, 1, h/4, w/4)] in [0, 1]."""
+        """(B, 1, h, w) -> [g_1 (B, 1, h, w), g_2 (B, 1, h/2, w/2), g_3 (B, 1, h/4, w/4)] in [0, 1]."""
         dec = self.decoder_maps(x)
         return medusa_heads(
             dec, [h.weight.view(-1) for h in self.heads], [h.bias.view(()) for h in self.heads]
@@ -232,7 +230,7 @@ class MedusaBody(nn.Module):
 class IsolatedGate(nn.Module):
     """The baseline: a spatial gate computed from one stage's own features (CBAM-like, wider).
 
-    (B, C, H, W) -> (B, 1, H, W) = σ(conv1×1(ReLU(conv3×3(ReLU(conv3×3(F)))))), hidden width k:
+    (B, C, H, W) -> (B, 1, H, W) = σ(conv1×1(ReLU(conv3×3(ReLU(conv3×3(X)))))), hidden width k:
     its parameters receive gradient from its own stage only.
     """
 
@@ -240,8 +238,8 @@ class IsolatedGate(nn.Module):
         super().__init__()
         self.net = nn.Sequential(_conv(C, k), _conv(k, k), nn.Conv2d(k, 1, 1))
 
-    def forward(self, F_s: Tensor) -> Tensor:
-        return torch.sigmoid(self.net(F_s))
+    def forward(self, X: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(X))
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -260,7 +258,7 @@ class MedusaNet(nn.Module):
         body_size: (h, w) of the body image (the whole image, resized and z-scored).
         mode: "mul" or "residual", see :func:`gate`.
     forward(image (B, 1, H, W), body_image=None, *, disabled=()) -> logits (B,); a stage s in
-    ``disabled`` is not gated (A_s ≡ 1 in "mul", ≡ 0 in "residual"). After a call,
+    ``disabled`` is not gated (g_h ≡ 1 in "mul", ≡ 0 in "residual"). After a call,
     ``self.maps`` holds the S maps used (None for a disabled or ungated stage).
     """
 
@@ -315,12 +313,12 @@ class MedusaNet(nn.Module):
         x = image
         used: list[Tensor | None] = [None] * self.S
         for s, stage in enumerate(self.stages):
-            x = F.max_pool2d(stage(x), 2)  # F_s (B, C_s, H/2^{s+1}, W/2^{s+1})
+            x = F.max_pool2d(stage(x), 2)  # X^(h), h = s + 1: (B, C_h, H/2^h, W/2^h)
             if s >= self.S or s in disabled or self.gating == "none":
                 continue
-            A = maps[s] if self.gates is None else self.gates[s](x)
-            used[s] = A
-            x = gate(x, A, self.mode)  # F'_s = F_s ⊙ resize(A_s)  (or ⊙ (1 + resize(A_s)))
+            g = maps[s] if self.gates is None else self.gates[s](x)
+            used[s] = g
+            x = gate(x, g, self.mode)  # X̃^(h) = X^(h) ⊙ resize(g_h)  (or ⊙ (1 + resize(g_h)))
         self.maps = used
         return self.classifier(x.mean(dim=(-2, -1)))[:, 0]
 

@@ -33,11 +33,12 @@ def _tol(dtype):
     return {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-12}
 
 
-def _weights(seed, N, L, D, K, dtype):
+def _weights(seed, M, D, d, H, dtype):
     g = torch.Generator().manual_seed(seed)
-    h, V, U, W = (torch.randn(*s, generator=g, dtype=dtype) for s in ((N, L), (D, L), (D, L), (K, D)))
-    b_V, b_U, b_W = (torch.randn(s, generator=g, dtype=dtype) for s in (D, D, K))
-    return h, V, U, W, b_V, b_U, b_W
+    shapes = ((M, D), (d, D), (d, D), (H, d))
+    X, W_tanh, W_gate, Q = (torch.randn(*s, generator=g, dtype=dtype) for s in shapes)
+    b_tanh, b_gate, b_Q = (torch.randn(s, generator=g, dtype=dtype) for s in (d, d, H))
+    return X, W_tanh, W_gate, Q, b_tanh, b_gate, b_Q
 
 
 def test_the_public_names_are_documented():
@@ -47,76 +48,77 @@ def test_the_public_names_are_documented():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N,L,D,K", [(1, 3, 2, 1), (7, 5, 3, 4), (13, 6, 9, 5)])
-def test_gated_logits_match_an_instance_by_instance_loop(dtype, N, L, D, K):
-    h, V, U, W, b_V, b_U, b_W = _weights(0, N, L, D, K, dtype)
-    logits = gated_attention_logits(h, V, U, W, b_V, b_U, b_W)
-    assert logits.shape == (K, N) and logits.dtype == dtype
-    expected = torch.empty(K, N, dtype=torch.float64)
-    for i in range(N):
-        hi = h[i].double()
+@pytest.mark.parametrize("M,D,d,H", [(1, 3, 2, 1), (7, 5, 3, 4), (13, 6, 9, 5)])
+def test_gated_logits_match_an_instance_by_instance_loop(dtype, M, D, d, H):
+    X, W_tanh, W_gate, Q, b_tanh, b_gate, b_Q = _weights(0, M, D, d, H, dtype)
+    logits = gated_attention_logits(X, W_tanh, W_gate, Q, b_tanh, b_gate, b_Q)
+    assert logits.shape == (H, M) and logits.dtype == dtype
+    expected = torch.empty(H, M, dtype=torch.float64)
+    for j in range(M):
+        xj = X[j].double()
         key = [
-            math.tanh(float(V[d].double() @ hi + b_V[d]))
-            / (1 + math.exp(-float(U[d].double() @ hi + b_U[d])))
-            for d in range(D)
+            math.tanh(float(W_tanh[c].double() @ xj + b_tanh[c]))
+            / (1 + math.exp(-float(W_gate[c].double() @ xj + b_gate[c])))
+            for c in range(d)
         ]
-        for k in range(K):
-            expected[k, i] = sum(float(W[k, d]) * key[d] for d in range(D)) + float(b_W[k])
+        for h in range(H):
+            expected[h, j] = sum(float(Q[h, c]) * key[c] for c in range(d)) + float(b_Q[h])
     torch.testing.assert_close(logits.double(), expected, **_tol(dtype))
-    no_bias = gated_attention_logits(h, V, U, W)
-    torch.testing.assert_close(no_bias, (torch.tanh(h @ V.T) * torch.sigmoid(h @ U.T) @ W.T).T)
+    no_bias = gated_attention_logits(X, W_tanh, W_gate, Q)
+    keys = torch.tanh(X @ W_tanh.T) * torch.sigmoid(X @ W_gate.T)
+    torch.testing.assert_close(no_bias, (keys @ Q.T).T)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N", [1, 2, 37])
-def test_one_branch_without_masking_is_single_query_attention(dtype, N):
-    """ABMIL = SDPA(q = w, k = κ, v = h, scale = 1), by torch and by the book's own SDPA."""
-    L, D = 6, 5
-    h, V, U, W, b_V, b_U, _ = _weights(1, N, L, D, 1, dtype)
-    a, f, f_slide = multi_branch_pool(h, gated_attention_logits(h, V, U, W, b_V, b_U))
-    keys = torch.tanh(h @ V.T + b_V) * torch.sigmoid(h @ U.T + b_U)  # (N, D)
-    expected = nn.functional.scaled_dot_product_attention(W[None], keys[None], h[None], scale=1.0)[0]
+@pytest.mark.parametrize("M", [1, 2, 37])
+def test_one_branch_without_masking_is_single_query_attention(dtype, M):
+    """ABMIL = SDPA(q, k, v = X, scale = 1), by torch and by the book's own SDPA."""
+    D, d = 6, 5
+    X, W_tanh, W_gate, Q, b_tanh, b_gate, _ = _weights(1, M, D, d, 1, dtype)
+    a, f, f_slide = multi_branch_pool(X, gated_attention_logits(X, W_tanh, W_gate, Q, b_tanh, b_gate))
+    keys = torch.tanh(X @ W_tanh.T + b_tanh) * torch.sigmoid(X @ W_gate.T + b_gate)  # (M, d)
+    expected = nn.functional.scaled_dot_product_attention(Q[None], keys[None], X[None], scale=1.0)[0]
     torch.testing.assert_close(f, expected, **_tol(dtype))
     torch.testing.assert_close(f_slide, expected[0], **_tol(dtype))
-    out, weights = scaled_dot_product_attention(W, keys, h, scale=1.0)
+    out, weights = scaled_dot_product_attention(Q, keys, X, scale=1.0)
     torch.testing.assert_close(f, out, **_tol(dtype))
     torch.testing.assert_close(a, weights, **_tol(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pooling_branches_and_the_mean_attention(dtype):
-    K, N, L = 3, 11, 4
+    H, M, D = 3, 11, 4
     g = torch.Generator().manual_seed(2)
-    h = torch.randn(N, L, generator=g, dtype=dtype)
-    logits = torch.randn(K, N, generator=g, dtype=dtype)
+    X = torch.randn(M, D, generator=g, dtype=dtype)
+    logits = torch.randn(H, M, generator=g, dtype=dtype)
     logits[1, 4] = float("-inf")
-    a, f, f_slide = multi_branch_pool(h, logits)
-    for k in range(K):
-        e = [math.exp(float(v)) for v in logits[k]]
-        ak = torch.tensor([v / sum(e) for v in e], dtype=torch.float64)
-        torch.testing.assert_close(a[k].double(), ak, **_tol(dtype))
-        torch.testing.assert_close(f[k], sum(a[k, i] * h[i] for i in range(N)), **_tol(dtype))
+    a, f, f_slide = multi_branch_pool(X, logits)
+    for h in range(H):
+        e = [math.exp(float(v)) for v in logits[h]]
+        a_h = torch.tensor([v / sum(e) for v in e], dtype=torch.float64)
+        torch.testing.assert_close(a[h].double(), a_h, **_tol(dtype))
+        torch.testing.assert_close(f[h], sum(a[h, j] * X[j] for j in range(M)), **_tol(dtype))
     assert a[1, 4] == 0
-    torch.testing.assert_close(f_slide, f.mean(0), **_tol(dtype))  # Σ ā_i h_i = mean_k f_k (linearity)
+    torch.testing.assert_close(f_slide, f.mean(0), **_tol(dtype))  # Σ_j Ā_j x_j = mean_h f_h (linearity)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("K,N,k_top,p", [(5, 40, 10, 0.6), (3, 7, 10, 0.6), (4, 12, 5, 0.5), (2, 9, 9, 0.9)])
-def test_stkim_masks_exactly_n_of_each_branchs_top_instances_and_renormalises(dtype, K, N, k_top, p):
+@pytest.mark.parametrize("H,M,n_top,p", [(5, 40, 10, 0.6), (3, 7, 10, 0.6), (4, 12, 5, 0.5), (2, 9, 9, 0.9)])
+def test_stkim_masks_exactly_n_drop_of_each_branchs_top_instances_and_renormalises(dtype, H, M, n_top, p):
     g = torch.Generator().manual_seed(3)
-    logits = torch.randn(K, N, generator=g, dtype=dtype)
-    masked = stkim_mask(logits, k_top, p, generator=g)
+    logits = torch.randn(H, M, generator=g, dtype=dtype)
+    masked = stkim_mask(logits, n_top, p, generator=g)
     hidden = torch.isinf(masked)
-    n = int(min(k_top, N) * p)
-    assert (hidden.sum(1) == n).all()
-    top = torch.topk(logits, min(k_top, N), dim=1).indices
-    for k in range(K):
-        assert set(hidden[k].nonzero().flatten().tolist()) <= set(top[k].tolist())
+    n_drop = int(min(n_top, M) * p)
+    assert (hidden.sum(1) == n_drop).all()
+    top = torch.topk(logits, min(n_top, M), dim=1).indices
+    for h in range(H):
+        assert set(hidden[h].nonzero().flatten().tolist()) <= set(top[h].tolist())
     assert torch.equal(masked[~hidden], logits[~hidden])
     a = torch.softmax(logits, dim=1)
-    a_masked, _, _ = multi_branch_pool(torch.eye(N, dtype=dtype), masked)
+    a_masked, _, _ = multi_branch_pool(torch.eye(M, dtype=dtype), masked)
     assert (a_masked[hidden] == 0).all()
-    # a'_i = a_i / (1 - Σ_hidden a_j)
+    # A'_{hj} = A_{hj} / (1 - Σ_hidden A_{hj'})
     renormalised = a / (1 - (a * hidden).sum(1, keepdim=True))
     torch.testing.assert_close(a_masked[~hidden], renormalised[~hidden], **_tol(dtype))
 
@@ -136,8 +138,8 @@ def test_stkim_draws_per_branch_uniformly_and_reproducibly():
 
 def test_stkim_identities_and_evaluation():
     logits = torch.randn(3, 8)
-    for k_top, p in [(10, 0.0), (0, 0.6), (1, 0.6)]:  # n = 0: nothing hidden
-        assert torch.equal(stkim_mask(logits, k_top, p), logits)
+    for n_top, p in [(10, 0.0), (0, 0.6), (1, 0.6)]:  # n_drop = 0: nothing hidden
+        assert torch.equal(stkim_mask(logits, n_top, p), logits)
     g = torch.Generator().manual_seed(0)
     state, default_state = g.get_state(), torch.get_rng_state()
     assert stkim_mask(logits, 10, 0.6, g, training=False) is logits
@@ -151,8 +153,8 @@ def test_diversity_identities_and_gradient():
     disjoint = torch.zeros(3, 9, dtype=torch.float64)
     disjoint[0, :3], disjoint[1, 3:5], disjoint[2, 5:] = 1 / 3, 1 / 2, 1 / 4
     assert diversity_loss(disjoint) == 0
-    pairs = [(j, k) for j in range(4) for k in range(j + 1, 4)]
-    expected = sum(nn.functional.cosine_similarity(a[j], a[k], dim=0) for j, k in pairs) / len(pairs)
+    pairs = [(h, h2) for h in range(4) for h2 in range(h + 1, 4)]
+    expected = sum(nn.functional.cosine_similarity(a[h], a[h2], dim=0) for h, h2 in pairs) / len(pairs)
     torch.testing.assert_close(diversity_loss(a), expected)
     logits = torch.randn(1, 5, dtype=torch.float64, requires_grad=True)
     diversity_loss(torch.softmax(logits, 1)).backward()
@@ -161,28 +163,28 @@ def test_diversity_identities_and_gradient():
     assert torch.autograd.gradcheck(lambda x: diversity_loss(torch.softmax(x, 1)), (logits,))
 
 
-def _model(K, k_top, p, dtype=torch.float64, seed=0):
+def _model(H, n_top, p, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    return ACMIL(9, 7, 5, n_classes=3, K=K, k_top=k_top, p=p).to(dtype)
+    return ACMIL(9, 7, 5, n_classes=3, H=H, n_top=n_top, p=p).to(dtype)
 
 
 def test_the_module_is_the_functional_composition():
     model = _model(4, 10, 0.6)
-    x = torch.randn(17, 9, dtype=torch.float64)
-    out = model(x, torch.Generator().manual_seed(6))
-    h = torch.relu(x @ model.reduce.weight.T)
-    V, U, W = model.V, model.U, model.W
+    X_in = torch.randn(17, 9, dtype=torch.float64)
+    out = model(X_in, torch.Generator().manual_seed(6))
+    X = torch.relu(X_in @ model.reduce.weight.T)
+    W_tanh, W_gate, Q = model.W_tanh, model.W_gate, model.Q
     logits = stkim_mask(
-        gated_attention_logits(h, V.weight, U.weight, W.weight, V.bias, U.bias, W.bias),
+        gated_attention_logits(X, W_tanh.weight, W_gate.weight, Q.weight, W_tanh.bias, W_gate.bias, Q.bias),
         10,
         0.6,
         torch.Generator().manual_seed(6),
     )
-    a, f, f_slide = multi_branch_pool(h, logits)
+    a, f, f_slide = multi_branch_pool(X, logits)
     torch.testing.assert_close(out.logits, logits)
     torch.testing.assert_close(out.attention, a)
-    for k in range(4):
-        torch.testing.assert_close(out.branch_logits[k], model.branch_classifiers[k](f[k]))
+    for h in range(4):
+        torch.testing.assert_close(out.branch_logits[h], model.branch_classifiers[h](f[h]))
     torch.testing.assert_close(out.slide_logits, model.slide_classifier(f_slide))
 
 
@@ -217,13 +219,13 @@ def test_loss_terms_and_the_one_branch_case():
     ce = nn.functional.cross_entropy
     expected = (
         ce(out.slide_logits[None], torch.tensor([2]))
-        + sum(ce(out.branch_logits[k : k + 1], torch.tensor([2])) for k in range(3)) / 3
+        + sum(ce(out.branch_logits[h : h + 1], torch.tensor([2])) for h in range(3)) / 3
         + diversity_loss(out.attention)
     )
     loss = acmil_loss(out.branch_logits, out.slide_logits, out.attention, 2)
     torch.testing.assert_close(loss, expected)
     loss.backward()
-    assert model.W.weight.grad.abs().sum() > 0 and model.branch_classifiers[2].weight.grad.abs().sum() > 0
+    assert model.Q.weight.grad.abs().sum() > 0 and model.branch_classifiers[2].weight.grad.abs().sum() > 0
     one = _model(1, 0, 0.0)(torch.randn(5, 9, dtype=torch.float64))
     torch.testing.assert_close(
         acmil_loss(one.branch_logits, one.slide_logits, one.attention, torch.tensor(1)),
@@ -238,17 +240,17 @@ def test_top_k_attention_mass():
 
 
 def test_bad_inputs_raise_clear_errors():
-    h, V, U, W, *_ = _weights(0, 6, 4, 3, 2, torch.float64)
+    X, W_tanh, W_gate, Q, *_ = _weights(0, 6, 4, 3, 2, torch.float64)
     logits = torch.randn(2, 6, dtype=torch.float64)
-    with pytest.raises(ValueError, match="h must have shape"):
-        gated_attention_logits(h[0], V, U, W)
-    with pytest.raises(ValueError, match="U must have shape"):
-        gated_attention_logits(h, V, U[:, :3], W)
-    with pytest.raises(ValueError, match="W must have shape"):
-        gated_attention_logits(h, V, U, W[:, :2])
+    with pytest.raises(ValueError, match="X must have shape"):
+        gated_attention_logits(X[0], W_tanh, W_gate, Q)
+    with pytest.raises(ValueError, match="W_gate must have shape"):
+        gated_attention_logits(X, W_tanh, W_gate[:, :3], Q)
+    with pytest.raises(ValueError, match="Q must have shape"):
+        gated_attention_logits(X, W_tanh, W_gate, Q[:, :2])
     with pytest.raises(TypeError, match="one dtype"):
-        gated_attention_logits(h, V, U, W.float())
-    with pytest.raises(TypeError, match="k_top must be an integer"):
+        gated_attention_logits(X, W_tanh, W_gate, Q.float())
+    with pytest.raises(TypeError, match="n_top must be an integer"):
         stkim_mask(logits, 2.5, 0.5)
     with pytest.raises(ValueError, match="p .* must be in"):
         stkim_mask(logits, 3, 1.5)
@@ -260,35 +262,36 @@ def test_bad_inputs_raise_clear_errors():
         stkim_mask(logits, 3, 0.5, generator=0)
     with pytest.raises(TypeError, match="training must be a bool"):
         stkim_mask(logits, 3, 0.5, training=0)
-    with pytest.raises(ValueError, match="must share N"):
-        multi_branch_pool(h[:5], logits)
+    with pytest.raises(ValueError, match="must share M"):
+        multi_branch_pool(X[:5], logits)
     with pytest.raises(ValueError, match="a must have shape"):
         diversity_loss(logits[0])
     with pytest.raises(ValueError, match="y must be a class index"):
         acmil_loss(torch.randn(2, 3), torch.randn(3), torch.rand(2, 6), 3)
     with pytest.raises(TypeError, match="y must be an integer"):
         acmil_loss(torch.randn(2, 3), torch.randn(3), torch.rand(2, 6), 1.0)
-    with pytest.raises(ValueError, match="x must have shape"):
+    with pytest.raises(ValueError, match="X_in must have shape"):
         ACMIL(9, 7, 5)(torch.randn(4, 8))
-    with pytest.raises(ValueError, match="K must be >= 1"):
-        ACMIL(9, 7, 5, K=0)
+    with pytest.raises(ValueError, match="H must be >= 1"):
+        ACMIL(9, 7, 5, H=0)
 
 
 @on_devices_and_dtypes
 def test_created_tensors_follow_the_inputs(device, dtype):
-    h, V, U, W, b_V, b_U, b_W = (t.to(device, dtype) for t in _weights(0, 13, 4, 3, 3, torch.float64))
-    model = ACMIL(4, 5, 3, K=3).to(device, dtype)
+    weights = (t.to(device, dtype) for t in _weights(0, 13, 4, 3, 3, torch.float64))
+    X, W_tanh, W_gate, Q, b_tanh, b_gate, b_Q = weights
+    model = ACMIL(4, 5, 3, H=3).to(device, dtype)
     gen = torch.Generator(device=device).manual_seed(0)
     with tensors_without_device_go_to_meta():
-        logits = gated_attention_logits(h, V, U, W, b_V, b_U, b_W)
+        logits = gated_attention_logits(X, W_tanh, W_gate, Q, b_tanh, b_gate, b_Q)
         masked = stkim_mask(logits, 10, 0.6, gen)
-        a, f, f_slide = multi_branch_pool(h, masked)
-        out = model(h, gen)
+        a, f, f_slide = multi_branch_pool(X, masked)
+        out = model(X, gen)
         results = [logits, masked, a, f, f_slide, diversity_loss(a), diversity_loss(a[:1])]
         results += [top_k_attention_mass(a), out.branch_logits, out.slide_logits, out.attention]
         results.append(acmil_loss(out.branch_logits, out.slide_logits, out.attention, 1))
-    assert_follow(results, h.device, dtype)
-    assert stkim_select(logits, 10, 0.6, gen).device == h.device
+    assert_follow(results, X.device, dtype)
+    assert stkim_select(logits, 10, 0.6, gen).device == X.device
 
 
 def test_shortcut_bags_hold_the_advertised_patterns():

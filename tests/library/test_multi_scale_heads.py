@@ -31,11 +31,11 @@ def test_the_public_names_are_documented():
         assert getattr(mechanism, name).__doc__, f"{name} has no docstring"
 
 
-def _bilinear_by_hand(A, H, W):
+def _bilinear_by_hand(g, H, W):
     """align_corners=False, one output pixel at a time: source = (dst + ½)·in/out - ½, clamped at 0."""
-    B, C, h, w = A.shape
+    B, C, h, w = g.shape
     out = torch.empty(B, C, H, W, dtype=torch.float64)
-    a = A.double()
+    a = g.double()
 
     def source(dst, n_in, n_out):
         src = max((dst + 0.5) * n_in / n_out - 0.5, 0.0)
@@ -55,40 +55,40 @@ def _bilinear_by_hand(A, H, W):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hw,HW", [((3, 5), (7, 4)), ((4, 4), (9, 6)), ((6, 9), (2, 3)), ((5, 3), (5, 3))])
 def test_gate_is_the_features_times_the_bilinear_map(dtype, hw, HW):
-    g = torch.Generator().manual_seed(0)
-    F_s = torch.randn(2, 3, *HW, generator=g, dtype=dtype)
-    A = torch.rand(2, 1, *hw, generator=g, dtype=dtype)
-    a = _bilinear_by_hand(A, *HW)
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 3, *HW, generator=gen, dtype=dtype)
+    g = torch.rand(2, 1, *hw, generator=gen, dtype=dtype)
+    a = _bilinear_by_hand(g, *HW)
     tol = 1e-6 if dtype == torch.float32 else 1e-12
-    torch.testing.assert_close(resize_map(A, HW).double(), a.expand(2, 1, *HW), atol=tol, rtol=tol)
-    torch.testing.assert_close(gate(F_s, A, "mul").double(), F_s.double() * a, atol=tol, rtol=tol)
-    torch.testing.assert_close(gate(F_s, A, "residual").double(), F_s.double() * (1 + a), atol=tol, rtol=tol)
-    assert gate(F_s, A).dtype == dtype
+    torch.testing.assert_close(resize_map(g, HW).double(), a.expand(2, 1, *HW), atol=tol, rtol=tol)
+    torch.testing.assert_close(gate(X, g, "mul").double(), X.double() * a, atol=tol, rtol=tol)
+    torch.testing.assert_close(gate(X, g, "residual").double(), X.double() * (1 + a), atol=tol, rtol=tol)
+    assert gate(X, g).dtype == dtype
 
 
 def test_gate_identity_limits_and_float16():
-    F_s = torch.randn(2, 4, 5, 7, dtype=torch.float16)
-    assert torch.equal(gate(F_s, torch.ones(2, 1, 3, 2, dtype=torch.float16), "mul"), F_s)
-    assert torch.equal(gate(F_s, torch.zeros(2, 1, 3, 2, dtype=torch.float16), "residual"), F_s)
-    A = torch.rand(2, 1, 3, 2, dtype=torch.float16)
-    expected = F_s.double() * _bilinear_by_hand(A, 5, 7)
-    torch.testing.assert_close(gate(F_s, A).double(), expected, atol=1e-2, rtol=1e-2)
+    X = torch.randn(2, 4, 5, 7, dtype=torch.float16)
+    assert torch.equal(gate(X, torch.ones(2, 1, 3, 2, dtype=torch.float16), "mul"), X)
+    assert torch.equal(gate(X, torch.zeros(2, 1, 3, 2, dtype=torch.float16), "residual"), X)
+    g = torch.rand(2, 1, 3, 2, dtype=torch.float16)
+    expected = X.double() * _bilinear_by_hand(g, 5, 7)
+    torch.testing.assert_close(gate(X, g).double(), expected, atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_heads_are_a_one_by_one_convolution_and_a_sigmoid(dtype):
-    g = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(1)
     sizes = [(5, 6, 7), (3, 3, 4), (9, 1, 2)]
-    dec = [torch.randn(2, c, h, w, generator=g, dtype=dtype) for c, h, w in sizes]
-    weights = [torch.randn(c, generator=g, dtype=dtype) for c, _, _ in sizes]
-    biases = [torch.randn((), generator=g, dtype=dtype) for _ in sizes]
+    dec = [torch.randn(2, c, h, w, generator=gen, dtype=dtype) for c, h, w in sizes]
+    weights = [torch.randn(c, generator=gen, dtype=dtype) for c, _, _ in sizes]
+    biases = [torch.randn((), generator=gen, dtype=dtype) for _ in sizes]
     maps = medusa_heads(dec, weights, biases)
     tol = 1e-6 if dtype == torch.float32 else 1e-12
-    for D, w, b, A in zip(dec, weights, biases, maps):
-        expected = torch.sigmoid(F.conv2d(D, w.view(1, -1, 1, 1), b.view(1)))
-        assert A.shape == (2, 1, *D.shape[-2:]) and A.dtype == dtype
-        torch.testing.assert_close(A, expected, atol=tol, rtol=tol)
-        assert ((A >= 0) & (A <= 1)).all()
+    for E, w, b, g in zip(dec, weights, biases, maps):
+        expected = torch.sigmoid(F.conv2d(E, w.view(1, -1, 1, 1), b.view(1)))
+        assert g.shape == (2, 1, *E.shape[-2:]) and g.dtype == dtype
+        torch.testing.assert_close(g, expected, atol=tol, rtol=tol)
+        assert ((g >= 0) & (g <= 1)).all()
 
 
 def _copy_backbone(src, dst):
@@ -113,8 +113,8 @@ def test_saturated_heads_give_the_plain_backbone_exactly(dtype, mode, bias):
             head.weight.zero_()
             head.bias.fill_(bias)
     out = net(image)
-    for A in net.maps:  # σ(100) rounds to 1; σ(-100) ≈ 4e-44 is not 0, but 1 + 4e-44 rounds to 1
-        assert torch.equal(A, torch.ones_like(A)) if mode == "mul" else (A < 1e-40).all()
+    for g in net.maps:  # σ(100) rounds to 1; σ(-100) ≈ 4e-44 is not 0, but 1 + 4e-44 rounds to 1
+        assert torch.equal(g, torch.ones_like(g)) if mode == "mul" else (g < 1e-40).all()
     assert torch.equal(out, expected)
 
 
@@ -177,11 +177,11 @@ def test_zscore_matches_numpy_and_zeroes_a_constant_image():
 
 
 def test_attention_iou_counts_the_thresholded_overlap():
-    A = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.8, 0.6]], dtype=torch.float64)[None, None]
+    g = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.8, 0.6]], dtype=torch.float64)[None, None]
     mask = torch.tensor([[True, False, False], [False, True, True]])[None]
     # attended {(0,0), (0,1), (1,1), (1,2)}; mask {(0,0), (1,1), (1,2)}: 3 / 4
-    torch.testing.assert_close(attention_iou(A, mask, 0.5), torch.tensor([0.75], dtype=torch.float64))
-    torch.testing.assert_close(attention_iou(A, mask, 0.85), torch.tensor([0.25], dtype=torch.float64))
+    torch.testing.assert_close(attention_iou(g, mask, 0.5), torch.tensor([0.75], dtype=torch.float64))
+    torch.testing.assert_close(attention_iou(g, mask, 0.85), torch.tensor([0.25], dtype=torch.float64))
     empty = attention_iou(torch.zeros(1, 1, 2, 2), torch.zeros(1, 4, 4, dtype=torch.bool))
     assert torch.equal(empty, torch.ones(1))
     # a coarse map is resized to the mask first: a 1×1 map of 0.7 attends everywhere
@@ -191,38 +191,38 @@ def test_attention_iou_counts_the_thresholded_overlap():
 
 
 def test_bad_inputs_raise_clear_errors():
-    F_s, A = torch.randn(2, 3, 4, 5), torch.rand(2, 1, 2, 2)
+    X, g = torch.randn(2, 3, 4, 5), torch.rand(2, 1, 2, 2)
     with pytest.raises(ValueError, match="mode must be one of"):
-        gate(F_s, A, "add")
-    with pytest.raises(ValueError, match="A must have shape"):
-        gate(F_s, torch.rand(2, 3, 2, 2))
-    with pytest.raises(ValueError, match="F_s must have shape"):
-        gate(F_s[0], A)
+        gate(X, g, "add")
+    with pytest.raises(ValueError, match="g must have shape"):
+        gate(X, torch.rand(2, 3, 2, 2))
+    with pytest.raises(ValueError, match="X must have shape"):
+        gate(X[0], g)
     with pytest.raises(TypeError, match="one dtype"):
-        gate(F_s.double(), A)
+        gate(X.double(), g)
     with pytest.raises(TypeError, match="size must be a pair"):
-        resize_map(A, 4)
+        resize_map(g, 4)
     with pytest.raises(ValueError, match="one weight and one bias"):
         medusa_heads([torch.randn(1, 2, 3, 3)], [torch.randn(2)], [])
     with pytest.raises(ValueError, match=r"weights\[0\] must have shape \(2,\)"):
         medusa_heads([torch.randn(1, 2, 3, 3)], [torch.randn(3)], [torch.tensor(0.0)])
     with pytest.raises(TypeError, match="mask must be boolean"):
-        attention_iou(A, torch.ones(2, 4, 4))
+        attention_iou(g, torch.ones(2, 4, 4))
     with pytest.raises(ValueError, match="gating must be"):
         MedusaNet("cbam")
 
 
 @on_devices_and_dtypes
 def test_created_tensors_follow_the_inputs(device, dtype):
-    F_s = torch.randn(2, 3, 5, 7).to(device, dtype)
-    A = torch.rand(2, 1, 3, 4).to(device, dtype)
+    X = torch.randn(2, 3, 5, 7).to(device, dtype)
+    g = torch.rand(2, 1, 3, 4).to(device, dtype)
     dec = [torch.randn(2, 4, 3, 5).to(device, dtype)]
     w, b = torch.randn(4).to(device, dtype), torch.tensor(0.5).to(device, dtype)
     mask = torch.rand(2, 6, 6).to(device) > 0.5
     with tensors_without_device_go_to_meta():
-        results = [gate(F_s, A, "mul"), gate(F_s, A, "residual"), *medusa_heads(dec, [w], [b])]
-        results += [zscore_image(F_s), attention_iou(A, mask, 0.5), resize_map(A, (6, 2))]
-    assert_follow(results, F_s.device, dtype)
+        results = [gate(X, g, "mul"), gate(X, g, "residual"), *medusa_heads(dec, [w], [b])]
+        results += [zscore_image(X), attention_iou(g, mask, 0.5), resize_map(g, (6, 2))]
+    assert_follow(results, X.device, dtype)
 
 
 def test_radiographs_put_positive_nodules_inside_and_distractors_outside_the_lungs():

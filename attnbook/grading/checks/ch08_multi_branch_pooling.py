@@ -3,7 +3,7 @@
 The references are written here, independently of the learner's code and of
 attnbook.mechanisms.multi_branch_pooling: gated attention one instance and one branch at a time
 with Python floats; the diversity term as a loop over branch pairs; STKIM by its invariants
-(a random mask has no single right answer): the count, the top-K_top support, the kept logits,
+(a random mask has no single right answer): the count, the top-n_top support, the kept scores,
 evaluation, reproducibility with the same generator and an independent draw per branch.
 
 The common mistakes (the @mistake declarations) live in ``ch08_multi_branch_pooling_mistakes.py``.
@@ -20,9 +20,9 @@ import torch
 from ..core import CheckFailed, case, task
 from ..expect import describe, expect_close, expect_tensor, expect_tuple, fresh_generator, fresh_seed
 
-HIDDEN = -1e9  # a logit at or below this counts as hidden (-inf, or the reference code's -1e9)
+HIDDEN = -1e9  # a score at or below this counts as hidden (-inf, or the reference code's -1e9)
 
-# (K, N, L, D, dtype): one branch, one instance, odd sizes, both dtypes
+# (H, M, D, d, dtype): one branch, one instance, odd sizes, both dtypes
 POOL_CASES = (
     (1, 1, 3, 2, torch.float64),
     (1, 9, 4, 5, torch.float32),
@@ -30,7 +30,7 @@ POOL_CASES = (
     (3, 8, 5, 7, torch.float32),
 )
 
-# (K, N, k_top, p, dtype): the defaults, a bag smaller than K_top, p = 0, p = 1, N = 1
+# (H, M, n_top, p, dtype): the defaults, a bag smaller than n_top, p = 0, p = 1, M = 1
 STKIM_CASES = (
     (5, 40, 10, 0.6, torch.float32),
     (3, 7, 10, 0.6, torch.float64),
@@ -43,43 +43,48 @@ STKIM_CASES = (
 DIVERSITY_CASES = ((2, 5, torch.float64), (5, 11, torch.float32), (7, 3, torch.float64))
 
 
-def _pool_reference(h, V, U, W):
-    """(a, f, f_slide) in float64, one instance and one branch at a time."""
-    N, L = h.shape
-    D, K = V.shape[0], W.shape[0]
-    h64, V64, U64, W64 = (t.double() for t in (h, V, U, W))
-    a = torch.empty(K, N, dtype=torch.float64)
-    for k in range(K):
-        logits = []
-        for i in range(N):
+def _pool_reference(X, W_tanh, W_gate, Q):
+    """(A, f, f_slide) in float64, one instance and one branch at a time."""
+    M = X.shape[0]
+    d, H = W_tanh.shape[0], Q.shape[0]
+    X64, Wt64, Wg64, Q64 = (t.double() for t in (X, W_tanh, W_gate, Q))
+    A = torch.empty(H, M, dtype=torch.float64)
+    for h in range(H):
+        scores = []
+        for j in range(M):
             key = [
-                math.tanh(float(V64[d] @ h64[i])) / (1 + math.exp(-float(U64[d] @ h64[i]))) for d in range(D)
+                math.tanh(float(Wt64[c] @ X64[j])) / (1 + math.exp(-float(Wg64[c] @ X64[j])))
+                for c in range(d)
             ]
-            # A_{k,i} = w_k^T (tanh(V h_i) ⊙ sigmoid(U h_i))
-            logits.append(sum(float(W64[k, d]) * key[d] for d in range(D)))
-        e = [math.exp(v - max(logits)) for v in logits]
-        a[k] = torch.tensor([v / sum(e) for v in e], dtype=torch.float64)
-    f = a @ h64
-    f_slide = a.mean(0) @ h64
-    return a.to(h.dtype), f.to(h.dtype), f_slide.to(h.dtype)
+            # S_{hj} = q_h^T (tanh(W_tanh x_j) ⊙ sigmoid(W_gate x_j))
+            scores.append(sum(float(Q64[h, c]) * key[c] for c in range(d)))
+        e = [math.exp(v - max(scores)) for v in scores]
+        A[h] = torch.tensor([v / sum(e) for v in e], dtype=torch.float64)
+    f = A @ X64
+    f_slide = A.mean(0) @ X64
+    return A.to(X.dtype), f.to(X.dtype), f_slide.to(X.dtype)
 
 
 @task("ch08.multi_branch_attention", points=2)
 def check_multi_branch_attention(fn):
-    """K gated-attention branches over shared keys, their features and the mean-attention feature."""
+    """H gated-attention branches over shared keys, their features and the mean-attention feature."""
     g, _ = fresh_generator()
-    for K, N, L, D, dtype in POOL_CASES:
-        h, V, U, W = (torch.randn(*s, generator=g, dtype=dtype) for s in ((N, L), (D, L), (D, L), (K, D)))
-        what = f"multi_branch_attention({describe({'K': K, 'N': N, 'L': L, 'D': D, 'dtype': dtype})})"
+    for H, M, D, d, dtype in POOL_CASES:
+        shapes = ((M, D), (d, D), (d, D), (H, d))
+        X, W_tanh, W_gate, Q = (torch.randn(*s, generator=g, dtype=dtype) for s in shapes)
+        what = f"multi_branch_attention({describe({'H': H, 'M': M, 'D': D, 'd': d, 'dtype': dtype})})"
         with case():
-            answer = expect_tuple(fn(h.clone(), V.clone(), U.clone(), W.clone()), ("a", "f", "f_slide"), what)
-            for name, got, expected in zip(("a", "f", "f_slide"), answer, _pool_reference(h, V, U, W)):
+            answer = expect_tuple(
+                fn(X.clone(), W_tanh.clone(), W_gate.clone(), Q.clone()), ("A", "f", "f_slide"), what
+            )
+            expected_all = _pool_reference(X, W_tanh, W_gate, Q)
+            for name, got, expected in zip(("A", "f", "f_slide"), answer, expected_all):
                 expect_close(
                     got,
                     expected,
                     what=f"{name} of {what}",
-                    hint="keys κ_i = tanh(V h_i) ⊙ sigmoid(U h_i), logits A = W κ^T (K, N), a = softmax over "
-                    "the instances, f = a h, f_slide = mean_k(a_k) h",
+                    hint="keys k_j = tanh(W_tanh x_j) ⊙ sigmoid(W_gate x_j), scores S = Q k^T (H, M), "
+                    "A = softmax over the instances, f = A X, f_slide = mean_h(A_h) X",
                 )
 
 
@@ -87,115 +92,116 @@ def _hidden(answer: torch.Tensor) -> torch.Tensor:
     return answer <= HIDDEN
 
 
-def _check_one_mask(answer, logits, k_top, p, what):
+def _check_one_mask(answer, logits, n_top, p, what):
     """The invariants of one training-mode STKIM answer."""
-    K, N = logits.shape
-    # -inf is a hidden logit: clamp it so that only NaN or +inf count as non-finite
+    H, M = logits.shape
+    # -inf is a hidden score: clamp it so that only NaN or +inf count as non-finite
     shown = (
         answer.clamp_min(HIDDEN)
         if isinstance(answer, torch.Tensor) and answer.is_floating_point()
         else answer
     )
-    expect_tensor(shown, shape=(K, N), dtype=logits.dtype, what=what)
+    expect_tensor(shown, shape=(H, M), dtype=logits.dtype, what=what)
     hidden = _hidden(answer)
-    n = int(min(k_top, N) * p)
+    n_drop = int(min(n_top, M) * p)
     counts = hidden.sum(dim=1)
-    if (counts != n).any():
-        k = int((counts != n).nonzero()[0])
+    if (counts != n_drop).any():
+        h = int((counts != n_drop).nonzero()[0])
         raise CheckFailed(
-            f"{what}: branch {k} hides {int(counts[k])} instances (a logit <= -1e9); expected exactly "
-            f"⌊min(K_top, N)·p⌋ = ⌊{min(k_top, N)}·{p}⌋ = {n} in every branch"
+            f"{what}: branch {h} hides {int(counts[h])} instances (a score <= -1e9); expected exactly "
+            f"n_drop = ⌊min(n_top, M)·p⌋ = ⌊{min(n_top, M)}·{p}⌋ = {n_drop} in every branch"
         )
-    top = torch.topk(logits, min(k_top, N), dim=1).indices
-    for k in range(K):
-        outside = set(hidden[k].nonzero().flatten().tolist()) - set(top[k].tolist())
+    top = torch.topk(logits, min(n_top, M), dim=1).indices
+    for h in range(H):
+        outside = set(hidden[h].nonzero().flatten().tolist()) - set(top[h].tolist())
         if outside:
             raise CheckFailed(
-                f"{what}: branch {k} hides instance {min(outside)}, which is not among its "
-                f"{min(k_top, N)} largest logits"
+                f"{what}: branch {h} hides instance {min(outside)}, which is not among its "
+                f"{min(n_top, M)} largest scores"
             )
     kept = ~hidden
     expect_close(
         answer[kept],
         logits[kept],
-        what=f"{what}, the kept logits",
-        hint="leave the logits of the kept instances unchanged: the softmax renormalises them",
+        what=f"{what}, the kept scores",
+        hint="leave the scores of the kept instances unchanged: the softmax renormalises them",
     )
 
 
 @task("ch08.stkim_mask", points=2)
 def check_stkim_mask(fn):
-    """STKIM: ⌊min(K_top, N)·p⌋ random instances of each branch's top K_top get -inf, in training only."""
+    """STKIM: ⌊min(n_top, M)·p⌋ random instances of each branch's top n_top get -inf, in training only."""
     g, _ = fresh_generator()
-    for K, N, k_top, p, dtype in STKIM_CASES:
-        logits = torch.randn(K, N, generator=g, dtype=dtype)
-        what = f"stkim_mask({describe({'K': K, 'N': N, 'k_top': k_top, 'p': p, 'dtype': dtype})})"
+    for H, M, n_top, p, dtype in STKIM_CASES:
+        logits = torch.randn(H, M, generator=g, dtype=dtype)
+        what = f"stkim_mask({describe({'H': H, 'M': M, 'n_top': n_top, 'p': p, 'dtype': dtype})})"
         with case():
             seed = fresh_seed()
             before = logits.clone()
-            answer = fn(logits, k_top, p, torch.Generator().manual_seed(seed), True)
+            answer = fn(logits, n_top, p, torch.Generator().manual_seed(seed), True)
             if not torch.equal(logits, before):
-                raise CheckFailed(f"{what} changed its input logits in place")
-            _check_one_mask(answer, logits, k_top, p, what)
-            again = fn(logits.clone(), k_top, p, torch.Generator().manual_seed(seed), True)
+                raise CheckFailed(f"{what} changed its input scores in place")
+            _check_one_mask(answer, logits, n_top, p, what)
+            again = fn(logits.clone(), n_top, p, torch.Generator().manual_seed(seed), True)
             if not torch.equal(_hidden(again), _hidden(answer)):
                 raise CheckFailed(
                     f"{what}: two calls with generators seeded alike hid different instances",
                     hint="draw every random number from the given generator (generator=generator)",
                 )
-            evaluated = fn(logits.clone(), k_top, p, torch.Generator().manual_seed(seed), False)
+            evaluated = fn(logits.clone(), n_top, p, torch.Generator().manual_seed(seed), False)
             expect_close(
                 evaluated,
                 logits,
                 what=f"{what} with training=False",
-                hint="with training=False return the logits unchanged",
+                hint="with training=False return the scores unchanged",
             )
     # 300 equal branches: each must draw its own subset, each candidate hidden with probability p
-    K, N, k_top, p = 300, 20, 10, 0.6
-    row = torch.randn(1, N, generator=g, dtype=torch.float64)
-    logits = row.expand(K, N).contiguous()
-    what = f"stkim_mask({describe({'K': K, 'N': N, 'k_top': k_top, 'p': p})}) with {K} equal branches"
+    H, M, n_top, p = 300, 20, 10, 0.6
+    row = torch.randn(1, M, generator=g, dtype=torch.float64)
+    logits = row.expand(H, M).contiguous()
+    what = f"stkim_mask({describe({'H': H, 'M': M, 'n_top': n_top, 'p': p})}) with {H} equal branches"
     with case():
-        answer = fn(logits.clone(), k_top, p, torch.Generator().manual_seed(fresh_seed()), True)
-        _check_one_mask(answer, logits, k_top, p, what)
+        answer = fn(logits.clone(), n_top, p, torch.Generator().manual_seed(fresh_seed()), True)
+        _check_one_mask(answer, logits, n_top, p, what)
         hidden = _hidden(answer)
         subsets = {tuple(r.nonzero().flatten().tolist()) for r in hidden}
         if len(subsets) < 30:
             raise CheckFailed(f"{what}: the branches hid only {len(subsets)} distinct subsets")
-        top = torch.topk(row[0], k_top).indices
+        top = torch.topk(row[0], n_top).indices
         rate = hidden[:, top].double().mean(dim=0)
         if (rate - p).abs().max() > 0.15:
             raise CheckFailed(
                 f"{what}: the candidates were hidden at rates {rate.min():.2f} ... {rate.max():.2f}; "
-                f"a uniform draw hides each of the top {k_top} with probability {p}"
+                f"a uniform draw hides each of the top {n_top} with probability {p}"
             )
 
 
 def _diversity_reference(a):
-    K = a.shape[0]
+    H = a.shape[0]
     a64 = a.detach().double()
-    pairs = [(j, k) for j in range(K) for k in range(j + 1, K)]
+    pairs = [(h, h2) for h in range(H) for h2 in range(h + 1, H)]
     if not pairs:
         return torch.zeros((), dtype=a.dtype)
     cos = [
-        float(a64[j] @ a64[k]) / math.sqrt(float(a64[j] @ a64[j]) * float(a64[k] @ a64[k])) for j, k in pairs
+        float(a64[h] @ a64[h2]) / math.sqrt(float(a64[h] @ a64[h]) * float(a64[h2] @ a64[h2]))
+        for h, h2 in pairs
     ]
     return torch.tensor(sum(cos) / len(cos), dtype=a.dtype)
 
 
 @task("ch08.diversity_loss", points=1)
 def check_diversity_loss(fn):
-    """The mean cosine similarity over branch pairs j < k: 0 for K = 1, 1 for identical branches."""
+    """The mean cosine similarity over branch pairs h < h': 0 for H = 1, 1 for identical branches."""
     g, _ = fresh_generator()
     inputs = []
-    for K, N, dtype in DIVERSITY_CASES:
-        inputs.append((f"K={K}, N={N}, {str(dtype)[6:]}", torch.rand(K, N, generator=g, dtype=dtype)))
+    for H, M, dtype in DIVERSITY_CASES:
+        inputs.append((f"H={H}, M={M}, {str(dtype)[6:]}", torch.rand(H, M, generator=g, dtype=dtype)))
     one = torch.rand(1, 6, generator=g, dtype=torch.float64)
     inputs.append(("identical branches", one.expand(4, 6).clone()))
     disjoint = torch.zeros(3, 7, dtype=torch.float64)
     disjoint[0, :2], disjoint[1, 2:5], disjoint[2, 5:] = 0.5, 1 / 3, 0.5
     inputs.append(("disjoint branches", disjoint))
-    inputs.append(("K=1", torch.rand(1, 5, generator=g, dtype=torch.float64)))
+    inputs.append(("H=1", torch.rand(1, 5, generator=g, dtype=torch.float64)))
     for name, a in inputs:
         a = a / a.sum(dim=1, keepdim=True)
         what = f"diversity_loss({name})"
@@ -206,7 +212,7 @@ def check_diversity_loss(fn):
                 answer,
                 _diversity_reference(a),
                 what=what,
-                hint="average cos(a_j, a_k) = a_j·a_k / (|a_j| |a_k|) over the pairs j < k",
+                hint="average cos(A_h, A_h') = A_h·A_h' / (|A_h| |A_h'|) over the pairs h < h'",
             )
             if a.shape[0] > 1 and not answer.requires_grad:
                 raise CheckFailed(f"{what}: the loss carries no gradient back to a (is it detached?)")
@@ -216,21 +222,21 @@ def check_diversity_loss(fn):
 
 
 def _acmil_loss_reference(branch_logits, slide_logits, a, y):
-    """ℒ_div + ℒ_branch + ℒ_slide in float64, one log-sum-exp at a time (ℒ_branch, ℒ_div only if K > 1)."""
+    """ℒ_div + ℒ_branch + ℒ_slide in float64, one log-sum-exp at a time (ℒ_branch, ℒ_div only if H > 1)."""
 
     def ce(row):
         row = [float(v) for v in row]
         top = max(row)
         return top + math.log(sum(math.exp(v - top) for v in row)) - row[y]
 
-    K = branch_logits.shape[0]
+    H = branch_logits.shape[0]
     total = ce(slide_logits)
-    if K > 1:
-        total += sum(ce(branch_logits[k]) for k in range(K)) / K + float(_diversity_reference(a.double()))
+    if H > 1:
+        total += sum(ce(branch_logits[h]) for h in range(H)) / H + float(_diversity_reference(a.double()))
     return torch.tensor(total, dtype=branch_logits.dtype)
 
 
-# (K, C, N, dtype): one branch, the paper's five, three classes
+# (H, n_classes, M, dtype): one branch, the paper's five, three classes
 LOSS_CASES = (
     (1, 2, 9, torch.float64),
     (5, 2, 13, torch.float32),
@@ -241,14 +247,14 @@ LOSS_CASES = (
 
 @task("ch08.acmil_loss", points=2)
 def check_acmil_loss(fn):
-    """ℒ = ℒ_div + mean_k CE(branch_k, y) + CE(slide, y); K = 1 keeps CE(slide, y) alone."""
+    """ℒ = ℒ_div + mean_h CE(branch_h, y) + CE(slide, y); H = 1 keeps CE(slide, y) alone."""
     g, _ = fresh_generator()
-    for K, C, N, dtype in LOSS_CASES:
-        branch = 2 * torch.randn(K, C, generator=g, dtype=dtype)
-        slide = 2 * torch.randn(C, generator=g, dtype=dtype)
-        a = torch.softmax(3 * torch.randn(K, N, generator=g, dtype=dtype), dim=1)
-        y = int(torch.randint(0, C, (1,), generator=g))
-        what = f"acmil_loss({describe({'K': K, 'C': C, 'N': N, 'y': y, 'dtype': dtype})})"
+    for H, n_classes, M, dtype in LOSS_CASES:
+        branch = 2 * torch.randn(H, n_classes, generator=g, dtype=dtype)
+        slide = 2 * torch.randn(n_classes, generator=g, dtype=dtype)
+        a = torch.softmax(3 * torch.randn(H, M, generator=g, dtype=dtype), dim=1)
+        y = int(torch.randint(0, n_classes, (1,), generator=g))
+        what = f"acmil_loss({describe({'H': H, 'n_classes': n_classes, 'M': M, 'y': y, 'dtype': dtype})})"
         with case():
             leaves = [t.clone().requires_grad_(True) for t in (branch, slide, a)]
             answer = fn(*leaves, y)
@@ -256,17 +262,17 @@ def check_acmil_loss(fn):
                 answer,
                 _acmil_loss_reference(branch, slide, a, y),
                 what=what,
-                hint="ℒ = mean_{j<k} cos(a_j, a_k) + mean_k CE(branch_k, y) + CE(slide, y); with K = 1 only "
-                "CE(slide, y)",
+                hint="ℒ = mean_{h<h'} cos(A_h, A_h') + mean_h CE(branch_h, y) + CE(slide, y); with H = 1 "
+                "only CE(slide, y)",
             )
             if not answer.requires_grad:
                 raise CheckFailed(f"{what}: the loss carries no gradient (is it detached?)")
             grads = torch.autograd.grad(answer, leaves, allow_unused=True)
             if grads[1] is None:
                 raise CheckFailed(f"{what}: the loss does not depend on slide_logits")
-            if K > 1 and (grads[0] is None or grads[2] is None):
+            if H > 1 and (grads[0] is None or grads[2] is None):
                 name = "branch_logits" if grads[0] is None else "a"
-                raise CheckFailed(f"{what}: with K = {K} branches the loss must depend on {name}")
+                raise CheckFailed(f"{what}: with H = {H} branches the loss must depend on {name}")
 
 
 # --- ch08.stkim_experiment: the learner trains; the grader trains the reference itself ----------
@@ -291,7 +297,7 @@ def _reference_stkim_experiment(p: float, seed: int) -> float:
         patterns = shortcut_patterns(16, g)
         train, test = shortcut_bags(15, "train", patterns, g), shortcut_bags(60, "test", patterns, g)
         torch.manual_seed(seed)
-        model = ACMIL(16, 32, 16, K=1, k_top=10, p=p)
+        model = ACMIL(16, 32, 16, H=1, n_top=10, p=p)
         opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=1e-5)
         gen = torch.Generator().manual_seed(seed + 100)
         for _ in range(15):
@@ -344,7 +350,7 @@ def check_stkim_experiment(fn):
                     raise CheckFailed(
                         f"{what} = {got:.3f}; the reference recipe measures {expected:.3f} on this seed "
                         f"(accepted: within {EXPERIMENT_TOLERANCE})",
-                        hint="K=1, k_top=10, p=p; 15 epochs of single-bag steps with lr 5e-3; score with the "
+                        hint="H=1, n_top=10, p=p; 15 epochs of single-bag steps with lr 5e-3; score with the "
                         "SLIDE classifier in eval mode; keep the bags with shown != 0 (B-only, C-only "
                         "positives and all negatives)",
                     )

@@ -84,7 +84,7 @@ def check_gate(fn):
                 fn(X, g, mode),
                 X,
                 what=f"gate(mode={mode!r}) with g ≡ {fill:g} (must return X unchanged)",
-                hint="A is already a probability map: use it as given, with no second sigmoid",
+                hint="g is already a probability map: use it as given, with no second sigmoid",
             )
 
 
@@ -98,9 +98,9 @@ HEAD_CASES = [
 
 def heads_reference(dec, weights, biases):
     maps = []
-    for D, w, b in zip(dec, weights, biases):
-        z = (D.double() * w.double()[None, :, None, None]).sum(dim=1, keepdim=True) + b.double()
-        maps.append((1 / (1 + torch.exp(-z))).to(D.dtype))  # σ(z)
+    for E, w, b in zip(dec, weights, biases):
+        z = (E.double() * w.double()[None, :, None, None]).sum(dim=1, keepdim=True) + b.double()
+        maps.append((1 / (1 + torch.exp(-z))).to(E.dtype))  # σ(z)
     return maps
 
 
@@ -114,7 +114,7 @@ def check_medusa_heads(fn):
             weights = [torch.randn(c, generator=gen, dtype=torch.float64).to(dtype) for c, _, _ in sizes]
             biases = [torch.randn((), generator=gen, dtype=torch.float64).to(dtype) for _ in sizes]
             what = (
-                f"medusa_heads with maps {[tuple(D.shape) for D in dec]}, {str(dtype).replace('torch.', '')}"
+                f"medusa_heads with maps {[tuple(E.shape) for E in dec]}, {str(dtype).replace('torch.', '')}"
             )
             answer = fn(list(dec), list(weights), list(biases))
             if not isinstance(answer, (list, tuple)) or len(answer) != len(dec):
@@ -124,8 +124,8 @@ def check_medusa_heads(fn):
                     got,
                     expected,
                     what=f"{what}: map {s}",
-                    hint="a head is a 1×1 convolution to one channel, Σ_c w[c] D[:, c] + b, then a "
-                    "sigmoid at each position; keep the channel axis: (B, 1, h_s, w_s)",
+                    hint="a head is a 1×1 convolution to one channel, Σ_c w[c] E[:, c] + b, then a "
+                    "sigmoid at each position; keep the channel axis: (B, 1, h, w)",
                 )
 
 
@@ -164,7 +164,7 @@ def gate_sigmoid_twice(X, g, mode="mul"):
     return X * a if mode == "mul" else X * (1 + a)
 
 
-@mistake("ch09.gate", "the residual form adds the map, F + A; it multiplies, F ⊙ (1 + g)")
+@mistake("ch09.gate", "the residual form adds the map, X + g; it multiplies, X ⊙ (1 + g)")
 def gate_residual_adds(X, g, mode="mul"):
     a = torch.nn.functional.interpolate(g, size=X.shape[-2:], mode="bilinear")
     return X * a if mode == "mul" else X + a
@@ -177,8 +177,8 @@ def gate_residual_adds(X, g, mode="mul"):
 )
 def heads_spatial_softmax(dec, weights, biases):
     out = []
-    for D, w, b in zip(dec, weights, biases):
-        z = torch.einsum("bchw,c->bhw", D, w) + b
+    for E, w, b in zip(dec, weights, biases):
+        z = torch.einsum("bchw,c->bhw", E, w) + b
         out.append(torch.softmax(z.flatten(1), dim=-1).view_as(z)[:, None])
     return out
 
@@ -186,21 +186,21 @@ def heads_spatial_softmax(dec, weights, biases):
 @mistake("ch09.medusa_heads", "the sigmoid is applied twice: σ(σ(z))")
 def heads_sigmoid_twice(dec, weights, biases):
     return [
-        torch.sigmoid(torch.sigmoid(torch.einsum("bchw,c->bhw", D, w) + b))[:, None]
-        for D, w, b in zip(dec, weights, biases)
+        torch.sigmoid(torch.sigmoid(torch.einsum("bchw,c->bhw", E, w) + b))[:, None]
+        for E, w, b in zip(dec, weights, biases)
     ]
 
 
-@mistake("ch09.medusa_heads", "the bias b_s is missing")
+@mistake("ch09.medusa_heads", "the bias b_h is missing")
 def heads_no_bias(dec, weights, biases):
     return [
-        torch.sigmoid(torch.einsum("bchw,c->bhw", D, w))[:, None] for D, w, _ in zip(dec, weights, biases)
+        torch.sigmoid(torch.einsum("bchw,c->bhw", E, w))[:, None] for E, w, _ in zip(dec, weights, biases)
     ]
 
 
 @mistake("ch09.medusa_heads", "the logits are returned without the sigmoid; the maps must lie in [0, 1]")
 def heads_no_sigmoid(dec, weights, biases):
-    return [(torch.einsum("bchw,c->bhw", D, w) + b)[:, None] for D, w, b in zip(dec, weights, biases)]
+    return [(torch.einsum("bchw,c->bhw", E, w) + b)[:, None] for E, w, b in zip(dec, weights, biases)]
 
 
 # ---------------------------------------------------------------- ch09.zscore_image
