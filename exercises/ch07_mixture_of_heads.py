@@ -34,10 +34,10 @@ def moh_gates(x: Tensor, w_r: Tensor, w_s: Tensor | None, w_h: Tensor | None, k:
 
 
 def load_balance_loss(probs: Tensor, selected: Tensor) -> Tensor:
-    """The load-balance loss L_bal = H_rt · Σ_j P_j f_j of the routed heads.
+    """The load-balance loss L_bal = H_rt · Σ_h ḡ_h load_h of the routed heads.
 
-    P_j = mean over tokens of the router probability p_tj; f_j = fraction of the tokens whose
-    top-n_top selection contains routed head j. Uniform routing gives n_top; every token on the same
+    ḡ_h = mean over tokens i of the router probability g̃_ih; load_h = fraction of the tokens whose
+    top-n_top selection contains routed head h. Uniform routing gives n_top; every token on the same
     n_top heads (with p uniform on them) gives H_rt.
 
     Args:

@@ -20,7 +20,7 @@ def moh_gates(x: Tensor, w_r: Tensor, w_s: Tensor | None, w_h: Tensor | None, k:
 
 def load_balance_loss(probs: Tensor, selected: Tensor) -> Tensor:
     E = probs.shape[-1]
-    # L_bal = H_rt · Σ_j P_j f_j, P_j = mean_t p_tj (differentiable), f_j = mean_t [j selected]
+    # L_bal = H_rt · Σ_h ḡ_h load_h, ḡ_h = mean_i g̃_ih (differentiable), load_h = mean_i [h selected]
     return E * (probs.mean(0) * selected.to(probs.dtype).mean(0)).sum()
 
 

@@ -13,7 +13,7 @@ def retrieval_score(attn: Tensor, prompt_ids: Tensor, gen_ids: Tensor, span: tup
     top = attn.argmax(dim=-1)  # (S, L, H)
     # x_{j*} (an index j* >= N lies outside the span; clamp only to read a token)
     attended = prompt_ids[top.clamp(max=N - 1)]  # (S, L, H)
-    # [s <= j* < e] · [x_{j*} = w_t]
+    # [s <= j* < e] · [x_{j*} = ŷ_t]
     copy = (top >= s) & (top < e) & (attended == gen_ids[:, None, None])  # (S, L, H)
     # RS = Σ_t copy / (e - s), zero for a wrong trial
     score = copy.sum(dim=0).float() / (e - s)  # (L, H)

@@ -8,14 +8,14 @@ attention as a sum over heads; for layer l and the query at position i,
 
 so each head's row a_{l,h,i} says where head (l, h) reads from. Wu et al. (2024) turn that row
 into a diagnostic. A prompt x_0 ... x_{N-1} holds a needle span [s, e); the model decodes
-greedily, emitting w_t at step t. Head (l, h) *copy-pastes* at step t when its most attended
+greedily, emitting ŷ_t at step t. Head (l, h) *copy-pastes* at step t when its most attended
 key j* = argmax_j a_{l,h,t}[j] lies in the span AND holds the emitted token:
 
-    copy_{l,h,t} = [s <= j* < e] · [x_{j*} = w_t]          (ties: the first maximal j)
+    copy_{l,h,t} = [s <= j* < e] · [x_{j*} = ŷ_t]          (ties: the first maximal j)
     RS_{l,h}     = Σ_t copy_{l,h,t} / (e - s)               (one trial)
 
 and a trial counts only when the model's answer was correct (wrong trials add nothing; the
-mean runs over the correct trials). A token equal to w_t OUTSIDE the span does not count: in
+mean runs over the correct trials). A token equal to ŷ_t OUTSIDE the span does not count: in
 a haystack the same token recurs.
 
 The causal test masks heads. In the paper's code a masked head's QUERY is set to 0 (the
@@ -86,7 +86,7 @@ def retrieval_scores(
             positions 0 ... N-1 are the prompt, positions >= N (generated tokens, or padding
             with weight 0) can never be in the span. Any floating dtype.
         prompt_ids: (T, N) integer token ids of the prompts, N <= M.
-        gen_ids: (T, S) integer ids of the emitted tokens w_t.
+        gen_ids: (T, S) integer ids of the emitted tokens ŷ_t.
         spans: (T, 2) integer [s, e) of each needle, 0 <= s < e <= N.
         correct: (T,) bool, whether each trial's answer was right.
     Returns:
@@ -120,7 +120,7 @@ def retrieval_scores(
     inside = (top >= start[:, None, None, None]) & (top < end[:, None, None, None])  # (T, S, L, H)
     # x_{j*}: the prompt token at j* (j* >= N lies outside the span; clamp only to index)
     attended = torch.gather(prompt_ids, 1, top.clamp(max=N - 1).flatten(1)).view_as(top)  # (T, S, L, H)
-    # copy_{l,h,t} = [s <= j* < e] · [x_{j*} = w_t]
+    # copy_{l,h,t} = [s <= j* < e] · [x_{j*} = ŷ_t]
     copy = inside & (attended == gen_ids[:, :, None, None])  # (T, S, L, H)
     # RS_{l,h} = Σ_t copy_{l,h,t} / (e - s), and 0 for a wrong trial
     score = copy.sum(dim=1).to(dtype) / (end - start).to(dtype)[:, None, None]  # (T, L, H)

@@ -21,7 +21,7 @@ from ..expect import describe, expect_close, fresh_generator
 
 
 def _score_reference(attn, prompt_ids, gen_ids, span, correct, *, mass=False, match=True, inside=True):
-    """Σ_t [s <= j* < e][x_{j*} = w_t] / (e - s), one step, layer and head at a time (float64).
+    """Σ_t [s <= j* < e][x_{j*} = ŷ_t] / (e - s), one step, layer and head at a time (float64).
 
     The keyword switches compute the declared wrong answers with the same loop.
     """
