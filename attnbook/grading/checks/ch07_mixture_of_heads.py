@@ -163,7 +163,7 @@ def check_load_balance_loss(fn):
 
 
 BALANCE_PROBS_HINT = (
-    "P_h averages the router probabilities g̃ (the differentiable part), not the 0/1 selection"
+    "ḡ_h averages the router probabilities g̃ (the differentiable part), not the 0/1 selection"
 )
 
 
