@@ -111,7 +111,8 @@ def positional_accuracy(mode: str, seed: int) -> float:
 
     The recipe (the chapter's miniature, scaled down to about a second of training):
 
-        from attnbook.mechanisms.complex_rotations import rotary_transformer, train_lookup
+        from attnbook.mechanisms.complex_rotations import rotary_transformer
+        from attnbook.mechanisms.complex_rotations_experiment import train_lookup
         from attnbook.tasks.mixed_lookup import mixed_lookup
 
         model, _ = train_lookup(mode, seed, N=12, n_sym=6, D=16, H=2, layers=1,

@@ -74,7 +74,7 @@ def adaptive_attention(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, gamma, bi
 
 
 def positional_accuracy(mode: str, seed: int) -> float:
-    from attnbook.mechanisms.complex_rotations import train_lookup
+    from attnbook.mechanisms.complex_rotations_experiment import train_lookup
     from attnbook.tasks.mixed_lookup import mixed_lookup
 
     model, _ = train_lookup(mode, seed, N=12, n_sym=6, D=16, H=2, layers=1, steps=60, batch_size=32, lr=2e-2)

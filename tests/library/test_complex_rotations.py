@@ -13,15 +13,14 @@ from attnbook.mechanisms.complex_rotations import (
     complex_rotation_scores,
     euler_rotate,
     euler_transform,
-    lookup_accuracy,
     merge_pairs,
     rope,
     rope_frequencies,
     rotary_attention,
     rotary_transformer,
     split_pairs,
-    train_lookup,
 )
+from attnbook.mechanisms.complex_rotations_experiment import lookup_accuracy, train_lookup
 from attnbook.tasks.mixed_lookup import IGNORE, mixed_lookup
 
 f64 = dict(dtype=torch.float64)

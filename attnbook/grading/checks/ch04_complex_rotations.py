@@ -375,7 +375,7 @@ LEARNER_SEED = 7
 @functools.cache
 def _reference_accuracies(mode: str) -> tuple[float, ...]:
     """The positional accuracy of the recipe over REFERENCE_SEEDS (cached: it trains models)."""
-    from ...mechanisms.complex_rotations import lookup_accuracy, train_lookup
+    from ...mechanisms.complex_rotations_experiment import lookup_accuracy, train_lookup
     from ...tasks.mixed_lookup import mixed_lookup
 
     accs = []

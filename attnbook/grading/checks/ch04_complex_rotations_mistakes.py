@@ -228,7 +228,7 @@ def attention_pairwise(q, k, v, theta, gamma, bias):
 
 
 def _experiment(mode, seed, *, kind=0, all_positions=False):
-    from ...mechanisms.complex_rotations import train_lookup
+    from ...mechanisms.complex_rotations_experiment import train_lookup
     from ...tasks.mixed_lookup import mixed_lookup
 
     model, _ = train_lookup(mode, seed, **RECIPE)
