@@ -7,7 +7,8 @@ learner: what was expected and what came back. Naming a known mistake is the eng
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -25,6 +26,9 @@ __all__ = [
     "expect_tensor",
     "expect_close",
     "expect_tuple",
+    "expect_number",
+    "expect_accuracy",
+    "one_thread",
 ]
 
 
@@ -52,6 +56,53 @@ def expect_tuple(returned: object, names: Sequence[str], what: str = "") -> tupl
         where = f" for {what}" if what else ""
         raise CheckFailed(f"return a tuple ({', '.join(names)}); got {got}{where}")
     return returned
+
+
+def expect_number(
+    value: object,
+    what: str,
+    *,
+    expected: str = "a float",
+    low: float | None = None,
+    high: float | None = None,
+) -> float:
+    """A learner's scalar answer as a float: a Python number or a one-element tensor, not a bool.
+
+    Args:
+        value: what the learner returned.
+        what: names the answer in messages, e.g. "positional_accuracy('rope', 7)".
+        expected: what to return, in words, e.g. "an accuracy in [0, 1] (a fraction, not percent)".
+        low, high: inclusive bounds the value must lie within, when given.
+    """
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckFailed(f"{what}: return {expected}, got {describe_value(value)}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise CheckFailed(f"{what} = {value:.4g}: expected {expected}")
+    return float(value)
+
+
+def expect_accuracy(value: object, what: str) -> float:
+    """A learner's measured accuracy as a float in [0, 1] (see :func:`expect_number`)."""
+    return expect_number(
+        value, what, expected="an accuracy in [0, 1] (a fraction, not percent)", low=0, high=1
+    )
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run a check's reference training on one CPU thread, restoring the count afterwards.
+
+    The experiment checks train models this small: they are as fast on one thread, and far
+    faster on a busy machine, where several threads would wait on each other.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def expect_tensor(actual: object, *, shape: tuple[int, ...], dtype: torch.dtype | None, what: str) -> Tensor:

@@ -321,3 +321,20 @@ def test_grading_leaves_the_environment_unchanged(monkeypatch):
     results = grade_file(ROOT / "solutions" / "ch29_fused_attention_kernel.py", "29", only=only)
     assert all(r.passed for r in results), results
     assert dict(os.environ) == before
+
+
+def test_expect_number_accepts_numbers_and_one_element_tensors_only():
+    from attnbook.grading.core import CheckFailed
+    from attnbook.grading.expect import expect_accuracy, expect_number, one_thread
+
+    assert expect_number(torch.tensor([0.25]), "x") == 0.25 and expect_number(3, "x") == 3.0
+    for bad in (True, "0.5", torch.ones(2), None):
+        with pytest.raises(CheckFailed, match="x: return a float"):
+            expect_number(bad, "x")
+    with pytest.raises(CheckFailed, match="fraction, not percent"):
+        expect_accuracy(57.0, "acc")
+    assert expect_accuracy(1, "acc") == 1.0
+    threads = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads

@@ -10,7 +10,6 @@ The chapter's common mistakes (the @mistake declarations) live in the companion 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -22,7 +21,7 @@ from ...models import ModelConfig, TinyTransformer
 from ...tasks.two_key_recall import two_key_recall
 from ...train import train
 from ..core import CheckFailed, case, task
-from ..expect import describe, expect_close, expect_tuple, fresh_generator
+from ..expect import describe, expect_accuracy, expect_close, expect_tuple, fresh_generator, one_thread
 from ..process import forbid
 
 # (B, N, M, d, dtype, leading head axis?): N = 1, N ≠ M, non-powers of two, both dtypes.
@@ -217,32 +216,11 @@ def _reference_accuracies(H: int) -> tuple[float, ...]:
         return tuple(_reference_heads_experiment(H, s) for s in REFERENCE_SEEDS)
 
 
-def _accuracy(value, what: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise CheckFailed(f"{what}: return the test accuracy as a float, got {type(value).__name__}")
-    if not 0.0 <= value <= 1.0:
-        raise CheckFailed(f"{what}: an accuracy lies in [0, 1] (a fraction, not percent), got {value:.4g}")
-    return float(value)
-
-
 @task("ch00.heads_experiment", points=3, time_limit=90.0)
 def check_heads_experiment(fn):
     """Test accuracy of the 1-layer two-key recall model with H heads, in the reference's range."""
-    with _one_thread():
+    with one_thread():
         _check_heads_experiment(fn)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Train on one thread: models this small are as fast on one, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _check_heads_experiment(fn):
@@ -258,7 +236,7 @@ def _check_heads_experiment(fn):
     got = {4: [], 1: []}
     with case():
         for seed in seeds:
-            got[4].append(_accuracy(fn(4, seed), "heads_experiment(H=4)"))
+            got[4].append(expect_accuracy(fn(4, seed), "heads_experiment(H=4)"))
         mean4 = sum(got[4]) / len(seeds)
         if mean4 < low4:
             raise CheckFailed(
@@ -270,7 +248,7 @@ def _check_heads_experiment(fn):
             )
     with case():
         for seed in seeds:
-            acc1 = _accuracy(fn(1, seed), "heads_experiment(H=1)")
+            acc1 = expect_accuracy(fn(1, seed), "heads_experiment(H=1)")
             if acc1 < 1 / N_VALUES**2:
                 raise CheckFailed(
                     f"heads_experiment(1, seed={seed}) = {acc1:.3f}, below chance ({1 / N_VALUES**2:.3f}); "

@@ -17,7 +17,7 @@ import math
 import torch
 
 from ..core import CheckFailed, case, task
-from ..expect import expect_close, expect_tuple, fresh_generator
+from ..expect import expect_close, expect_number, expect_tuple, fresh_generator, one_thread
 from ..process import largest_intermediate
 
 # (leading dims, N, d, dtype): N = 1, odd N, d not a power of two, both dtypes.
@@ -398,24 +398,16 @@ def _accepted_range(mode: str) -> tuple[float, float, float, float]:
 @task("ch04.positional_accuracy", points=3, time_limit=60.0)
 def check_positional_accuracy(fn):
     """The learner's measured positional accuracy lies in the range the reference runs give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models train fastest on one thread
-    try:
+    with one_thread():
         for mode in ("nope", "rope"):
             with case():
                 low, high, mean, std = _accepted_range(mode)
-                got = fn(mode, LEARNER_SEED)
-                if isinstance(got, torch.Tensor) and got.numel() == 1:
-                    got = got.item()
-                if not isinstance(got, (float, int)):
-                    raise CheckFailed(f"positional_accuracy returned {type(got).__name__}; return a float")
-                if not low <= float(got) <= high:
+                got = expect_number(fn(mode, LEARNER_SEED), "positional_accuracy")
+                if not low <= got <= high:
                     raise CheckFailed(
-                        f"positional_accuracy({mode!r}, seed={LEARNER_SEED}) = {float(got):.3f}, but the "
+                        f"positional_accuracy({mode!r}, seed={LEARNER_SEED}) = {got:.3f}, but the "
                         f"reference runs give {mean:.3f} ± {std:.3f} over seeds {REFERENCE_SEEDS} "
                         f"(accepted: {low:.3f} ... {high:.3f})",
                         hint="follow the recipe in the docstring and return the accuracy on the "
                         "positional questions (kind == 0) of the test batch",
                     )
-    finally:
-        torch.set_num_threads(threads)

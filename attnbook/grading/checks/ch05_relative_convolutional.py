@@ -12,7 +12,7 @@ import math
 import torch
 
 from ..core import CheckFailed, case, task
-from ..expect import describe, expect_close, fresh_generator
+from ..expect import describe, expect_close, expect_number, fresh_generator, one_thread
 
 # (B, H, N, d, kernel, dtype): N = 1, N < kernel, odd d, kernel 1 and 5, both dtypes
 CONV_CASES = (
@@ -172,24 +172,16 @@ def check_length_drop(fn):
     """The learner's measured drop beyond the training length lies in the reference's range."""
     gen, _ = fresh_generator()
     seed = int(torch.randint(10, 1000, (1,), generator=gen))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models train fastest on one thread
-    try:
+    with one_thread():
         for variant in ("MHA", "relative"):
             with case():
                 low, high, mean, std = _accepted_range(variant)
-                got = fn(variant, seed)
-                if isinstance(got, torch.Tensor) and got.numel() == 1:
-                    got = got.item()
-                if not isinstance(got, (float, int)) or isinstance(got, bool):
-                    raise CheckFailed(f"length_drop returned {type(got).__name__}; return a float")
-                if not low <= float(got) <= high:
+                got = expect_number(fn(variant, seed), "length_drop")
+                if not low <= got <= high:
                     raise CheckFailed(
-                        f"length_drop({variant!r}, seed={seed}) = {float(got):.3f}, but the reference runs "
+                        f"length_drop({variant!r}, seed={seed}) = {got:.3f}, but the reference runs "
                         f"give {mean:.3f} ± {std:.3f} over seeds {REFERENCE_SEEDS} "
                         f"(accepted: {low:.3f} ... {high:.3f})",
                         hint="follow the recipe in the docstring: train on N-token streams, test on 2N-token "
                         "streams, and return accuracy(positions < N) - accuracy(positions >= N)",
                     )
-    finally:
-        torch.set_num_threads(threads)

@@ -15,7 +15,7 @@ import math
 import torch
 
 from ..core import CheckFailed, case, task
-from ..expect import describe, expect_close, fresh_generator
+from ..expect import describe, expect_close, expect_number, fresh_generator, one_thread
 
 # (B, h, w, C, x dtype): square, odd widths, non-square, half-precision input (answered in float32)
 CASES = (
@@ -163,23 +163,15 @@ def check_frequency_accuracy(fn):
     """The learner's measured frequency accuracy (L_spec = 2) lies in the range the reference runs give."""
     gen, _ = fresh_generator()
     seed = int(torch.randint(10, 1000, (1,), generator=gen))  # a seed the reference did not use
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models train fastest on one thread
-    try:
+    with one_thread():
         with case():
             low, high, mean, std = _accepted_range(2)
-            got = fn(2, seed)
-            if isinstance(got, torch.Tensor) and got.numel() == 1:
-                got = got.item()
-            if not isinstance(got, (float, int)):
-                raise CheckFailed(f"frequency_accuracy returned {type(got).__name__}; return a float")
-            if not low <= float(got) <= high:
+            got = expect_number(fn(2, seed), "frequency_accuracy")
+            if not low <= got <= high:
                 raise CheckFailed(
-                    f"frequency_accuracy(n_spectral=2, seed={seed}) = {float(got):.3f}, but the reference "
+                    f"frequency_accuracy(n_spectral=2, seed={seed}) = {got:.3f}, but the reference "
                     f"runs give {mean:.3f} ± {std:.3f} over seeds {REFERENCE_SEEDS} "
                     f"(accepted: {low:.3f} ... {high:.3f})",
                     hint="follow the recipe in the docstring and return the accuracy on the frequency "
                     "factor (predicted class // 2 == test_set.frequency)",
                 )
-    finally:
-        torch.set_num_threads(threads)

@@ -14,7 +14,7 @@ import functools
 import torch
 
 from ..core import CheckFailed, case, mistake, task
-from ..expect import describe, expect_close, expect_tensor, fresh_generator
+from ..expect import describe, expect_close, expect_number, expect_tensor, fresh_generator, one_thread
 
 # (B, N, D, h_s, E, k, dtype): N = 1, no shared heads, more shared heads than k, k = E, both dtypes
 CASES = (
@@ -267,27 +267,19 @@ def _reference_accuracies(h_s: int, k: int) -> tuple[float, ...]:
 @task("ch07.moh_accuracy", points=2, time_limit=60.0)
 def check_moh_accuracy(fn):
     """The learner's measured accuracy for two (h_s, k) lies in the range the reference runs give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models train fastest on one thread
-    try:
+    with one_thread():
         for h_s, k in EXPERIMENT_ARMS:
             with case():
                 accs = torch.tensor(_reference_accuracies(h_s, k), dtype=torch.float64)
                 mean, std = accs.mean().item(), accs.std().item()
                 half = max(4 * std, 0.05)  # mean ± 4 std over the seeds, at least ± 0.05
-                got = fn(h_s, k, LEARNER_SEED)
-                if isinstance(got, torch.Tensor) and got.numel() == 1:
-                    got = got.item()
-                if not isinstance(got, (float, int)) or isinstance(got, bool):
-                    raise CheckFailed(f"moh_accuracy returned {type(got).__name__}; return a float")
-                if not mean - half <= float(got) <= mean + half:
+                got = expect_number(fn(h_s, k, LEARNER_SEED), "moh_accuracy")
+                if not mean - half <= got <= mean + half:
                     raise CheckFailed(
-                        f"moh_accuracy(h_s={h_s}, k={k}, seed={LEARNER_SEED}) = {float(got):.3f}, but the "
+                        f"moh_accuracy(h_s={h_s}, k={k}, seed={LEARNER_SEED}) = {got:.3f}, but the "
                         f"reference runs give {mean:.3f} ± {std:.3f} over seeds {REFERENCE_SEEDS} "
                         f"(accepted: {mean - half:.3f} ... {mean + half:.3f})",
                         hint="follow the recipe in the docstring (λ = 0.01 on L_bal, h_s and k passed on) "
                         "and "
                         "return the accuracy over the positions that have a source (targets != -100)",
                     )
-    finally:
-        torch.set_num_threads(threads)

@@ -11,14 +11,21 @@ The common mistakes (the @mistake declarations) live in ``ch08_multi_branch_pool
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
 import torch
 
 from ..core import CheckFailed, case, task
-from ..expect import describe, expect_close, expect_tensor, expect_tuple, fresh_generator, fresh_seed
+from ..expect import (
+    describe,
+    expect_close,
+    expect_tensor,
+    expect_tuple,
+    fresh_generator,
+    fresh_seed,
+    one_thread,
+)
 
 HIDDEN = -1e9  # a score at or below this counts as hidden (-inf, or the reference code's -1e9)
 
@@ -315,23 +322,12 @@ def _reference_stkim_experiment(p: float, seed: int) -> float:
     return _auc(scores[keep], test.labels[keep])
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Train on one thread: models this small are as fast on one, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @task("ch08.stkim_experiment", points=3, time_limit=90.0)
 def check_stkim_experiment(fn):
     """B/C-only AUC of ABMIL + STKIM (p = 0.6) on one seed, against the reference trained on the same seed."""
     gen, _ = fresh_generator()
     seeds = [int(s) for s in torch.randperm(len(EXPERIMENT_SEEDS), generator=gen)[:1]]
-    with _one_thread():
+    with one_thread():
         for seed in seeds:
             what = f"stkim_experiment(p=0.6, seed={seed})"
             with case():

@@ -14,7 +14,7 @@ import math
 import torch
 
 from ..core import CheckFailed, case, mistake, task
-from ..expect import describe, expect_close, fresh_generator
+from ..expect import describe, expect_close, expect_number, fresh_generator
 
 # (B, C, (h, w) of the map, (H, W) of the features, dtype): up- and down-sampling, non-square,
 # one side kept, equal sizes, float16
@@ -370,14 +370,6 @@ def _reference_fields(gating: str) -> tuple[float, ...]:
         return tuple(_reference_receptive_field(gating, s) for s in REFERENCE_SEEDS)
 
 
-def _fraction(value, what: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise CheckFailed(f"{what} must return a fraction of the image's pixels, in [0, 1], got {value!r}")
-    return float(value)
-
-
 @task("ch09.receptive_field", points=3)
 def check_receptive_field(fn):
     """The fraction of input pixels that reach the finest gate's centre, within the reference's range."""
@@ -392,7 +384,9 @@ def check_receptive_field(fn):
             margin = max(4 * ref.std().item(), 0.03)
             low, high = ref.min().item() - margin, ref.max().item() + margin
             what = f"receptive_field({gating!r}, {seed})"
-            got[gating] = value = _fraction(fn(gating, seed), what)
+            got[gating] = value = expect_number(
+                fn(gating, seed), what, expected="a fraction of the image's pixels, in [0, 1]", low=0, high=1
+            )
             if not low <= value <= high:
                 raise CheckFailed(
                     f"{what} = {value:.3f}; the reference reaches {ref.min():.3f} to {ref.max():.3f} over "

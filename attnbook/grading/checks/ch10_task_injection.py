@@ -9,7 +9,6 @@ The references are written here, independently of attnbook.mechanisms.task_injec
 loops over prompts, layers and heads, in float64.
 """
 
-import contextlib
 import functools
 
 import torch
@@ -18,7 +17,7 @@ from ...attention import Intermediates
 from ...models import ModelConfig, TinyTransformer
 from ...tasks import task_prompts
 from ..core import CheckFailed, case, mistake, task
-from ..expect import describe, expect_close, expect_tensor, fresh_generator
+from ..expect import describe, expect_close, expect_number, expect_tensor, fresh_generator, one_thread
 
 # (M, L, H, N, d, D, dtype): M = 1, one layer, right-padded prompts of different lengths, both dtypes
 EMBEDDING_CASES = (
@@ -289,27 +288,8 @@ def _reference_embedding_error(M: int, seed: int) -> float:
 
 @functools.cache
 def _reference_errors(M: int) -> tuple[float, ...]:
-    with torch.random.fork_rng(devices=[]), _one_thread():
+    with torch.random.fork_rng(devices=[]), one_thread():
         return tuple(_reference_embedding_error(M, s) for s in REFERENCE_SEEDS)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Models this small run as fast on one thread, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _error_value(value, what: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise CheckFailed(f"{what}: return the relative error as a float, got {type(value).__name__}")
-    return float(value)
 
 
 @task("ch10.embedding_error", points=2)
@@ -319,13 +299,18 @@ def check_embedding_error(fn):
     first = int(torch.randint(100, 10_000, (1,), generator=gen))
     seeds = (first, first + 1, first + 2)
     means = {}
-    with _one_thread():
+    with one_thread():
         for M in (5, 20):
             ref = _reference_errors(M)
             # a mean of 3 seeds varies less than one seed: the reference's single-seed range, widened a little
             low, high = 0.8 * min(ref), 1.2 * max(ref)
             with case():
-                got = [_error_value(fn(M, s), f"embedding_error({M}, {s})") for s in seeds]
+                got = [
+                    expect_number(
+                        fn(M, s), f"embedding_error({M}, {s})", expected="the relative error as a float"
+                    )
+                    for s in seeds
+                ]
                 means[M] = sum(got) / len(got)
                 if not low <= means[M] <= high:
                     raise CheckFailed(

@@ -8,7 +8,6 @@ pairs of patches. The common mistakes live in ``ch11_head_importance_mistakes.py
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core import CheckFailed, case, task
-from ..expect import expect_close, expect_tuple, fresh_generator
+from ..expect import expect_accuracy, expect_close, expect_tuple, fresh_generator, one_thread
 
 # (B, N, D, H, dtype): N = 1, D not a power of two, an odd number of heads, both dtypes
 MHA_CASES = (
@@ -364,28 +363,8 @@ def _reference_pruning(seed: int) -> tuple[float, float, float]:
 @functools.cache
 def _reference_results() -> tuple[tuple[float, float, float], ...]:
     """The reference experiment over REFERENCE_SEEDS (deterministic, computed once per process)."""
-    with torch.random.fork_rng(devices=[]), _one_thread():
+    with torch.random.fork_rng(devices=[]), one_thread():
         return tuple(_reference_pruning(s) for s in REFERENCE_SEEDS)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fraction(value, what: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise CheckFailed(f"{what}: return accuracies as floats, got {type(value).__name__}")
-    if not 0.0 <= value <= 1.0:
-        raise CheckFailed(f"{what}: an accuracy lies in [0, 1] (a fraction, not percent), got {value:.4g}")
-    return float(value)
 
 
 @task("ch11.pruning_experiment", points=2, time_limit=90.0)
@@ -396,7 +375,7 @@ def check_pruning_experiment(fn):
     seeds = (first, first + 1)
     reference = _reference_results()
     got = []
-    with case(), _one_thread():
+    with case(), one_thread():
         for seed in seeds:
             returned = fn(seed)
             if not isinstance(returned, (tuple, list)) or len(returned) != 3:
@@ -404,7 +383,9 @@ def check_pruning_experiment(fn):
                     f"pruning_experiment({seed}) must return 3 accuracies ({', '.join(ARMS)}), "
                     f"got {type(returned).__name__}"
                 )
-            got.append([_fraction(v, f"pruning_experiment({seed})[{k}]") for k, v in enumerate(returned)])
+            got.append(
+                [expect_accuracy(v, f"pruning_experiment({seed})[{k}]") for k, v in enumerate(returned)]
+            )
     for arm, name in enumerate(ARMS):
         with case():
             ref = [r[arm] for r in reference]

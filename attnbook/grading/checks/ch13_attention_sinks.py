@@ -14,7 +14,7 @@ import math
 import torch
 
 from ..core import CheckFailed, case, task
-from ..expect import describe, expect_close, fresh_generator
+from ..expect import describe, expect_accuracy, expect_close, fresh_generator, one_thread
 
 
 def _unchanged(before: dict, after: dict, what: str) -> None:
@@ -350,14 +350,9 @@ def _reference_ablation(seed: int) -> dict[str, float]:
 
 
 def _fraction(result, name: str, what: str) -> float:
-    value = result.get(name) if isinstance(result, dict) else None
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not isinstance(result, dict) or name not in result:
         raise CheckFailed(f"{what}: return a dict with a float accuracy under {name!r}, got {result!r}")
-    if not 0.0 <= value <= 1.0:
-        raise CheckFailed(f"{what}[{name!r}] = {value:.4g}: an accuracy lies in [0, 1]")
-    return float(value)
+    return expect_accuracy(result[name], f"{what}[{name!r}]")
 
 
 RECIPE_HINT = (
@@ -380,9 +375,7 @@ PER_SEQUENCE_HINT = (
 @task("ch13.ablation_accuracy", points=3, time_limit=60.0)
 def check_ablation_accuracy(fn):
     """The learner's three accuracies match the reference run of the same seed; objects drop, sinks do not."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models train fastest on one thread
-    try:
+    with one_thread():
         gen, _ = fresh_generator()
         seed = ABLATION_SEEDS[int(torch.randint(len(ABLATION_SEEDS), (1,), generator=gen))]
         what = f"ablation_accuracy({seed})"
@@ -417,5 +410,3 @@ def check_ablation_accuracy(fn):
                         f"{ref[name]:.3f} (accepted: ± {TOLERANCE})",
                         hint=RECIPE_HINT,
                     )
-    finally:
-        torch.set_num_threads(threads)
