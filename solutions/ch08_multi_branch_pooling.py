@@ -6,6 +6,7 @@ from torch import Tensor
 
 from attnbook.mechanisms.multi_branch_pooling import ACMIL
 from attnbook.mechanisms.multi_branch_pooling import acmil_loss as library_acmil_loss
+from attnbook.metrics import roc_auc
 from attnbook.tasks import shortcut_bags, shortcut_patterns
 
 
@@ -58,13 +59,6 @@ def acmil_loss(branch_logits: Tensor, slide_logits: Tensor, a: Tensor, y: int) -
     return loss
 
 
-def _auc(scores: Tensor, labels: Tensor) -> float:
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    # P(score of a positive > score of a negative), ties counted one half
-    wins = (pos[:, None] > neg[None]).double().mean() + 0.5 * (pos[:, None] == neg[None]).double().mean()
-    return wins.item()
-
-
 def stkim_experiment(p: float, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
     patterns = shortcut_patterns(16, g)
@@ -87,4 +81,4 @@ def stkim_experiment(p: float, seed: int) -> float:
     with torch.no_grad():
         scores = torch.stack([torch.softmax(model(x).slide_logits, 0)[1] for x in test.bags])
     keep = test.shown != 0
-    return _auc(scores[keep], test.labels[keep])
+    return roc_auc(scores[keep], test.labels[keep])

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..metrics import roc_auc  # re-exported: the chapter's notebook imports it from here
 from ..validate import require_int, require_same_dtype_device, require_tensor
 
 __all__ = [
@@ -321,20 +322,6 @@ class MedusaNet(nn.Module):
             x = gate(x, g, self.mode)  # X̃^(h) = X^(h) ⊙ resize(g_h)  (or ⊙ (1 + resize(g_h)))
         self.maps = used
         return self.classifier(x.mean(dim=(-2, -1)))[:, 0]
-
-
-def roc_auc(scores: Tensor, labels: Tensor) -> float:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties count ½.
-
-    Args:
-        scores: (B,) float; labels: (B,) with 1 for a positive and 0 for a negative (both present).
-    """
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if not len(pos) or not len(neg):
-        raise ValueError("roc_auc needs at least one positive and one negative")
-    # AUC = mean over (positive, negative) pairs of 1[s_+ > s_-] + ½·1[s_+ = s_-]
-    greater = (pos[:, None] > neg[None]).double().mean() + 0.5 * (pos[:, None] == neg[None]).double().mean()
-    return float(greater)
 
 
 def fit_classifier(

@@ -320,3 +320,16 @@ def test_shortcut_bags_hold_the_advertised_patterns():
     assert all(torch.equal(x, y) for x, y in zip(again.bags, same.bags))
     with pytest.raises(ValueError, match="split"):
         shortcut_bags(2, "valid", patterns, g)
+
+
+def test_train_on_bags_is_seeded_and_returns_an_eval_model():
+    from attnbook.mechanisms.multi_branch_pooling_experiment import train_on_bags
+    from attnbook.tasks import shortcut_bags, shortcut_patterns
+
+    g = torch.Generator().manual_seed(0)
+    train = shortcut_bags(4, "train", shortcut_patterns(16, g), g)
+    a, b = (train_on_bags(train, 3, H=2, n_top=10, p=0.6, epochs=1) for _ in range(2))
+    c = train_on_bags(train, 4, H=2, n_top=10, p=0.6, epochs=1)
+    assert not a.training
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))

@@ -288,38 +288,22 @@ EXPERIMENT_SEEDS = tuple(range(10))  # the grader picks one of them
 EXPERIMENT_TOLERANCE = 0.15
 
 
-def _auc(scores, labels) -> float:
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    return float(((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean())
-
-
 @functools.cache
 def _reference_stkim_experiment(p: float, seed: int) -> float:
-    """B/C-only AUC of ABMIL + STKIM(p), written from the module's parts (deterministic, cached)."""
-    from ...mechanisms.multi_branch_pooling import ACMIL, acmil_loss
+    """B/C-only AUC of ABMIL + STKIM(p), trained by the chapter's recipe (deterministic, cached)."""
+    from ...mechanisms.multi_branch_pooling_experiment import train_on_bags
+    from ...metrics import roc_auc
     from ...tasks.shortcut_bags import shortcut_bags, shortcut_patterns
 
     with torch.random.fork_rng(devices=[]):
         g = torch.Generator().manual_seed(seed)
         patterns = shortcut_patterns(16, g)
         train, test = shortcut_bags(15, "train", patterns, g), shortcut_bags(60, "test", patterns, g)
-        torch.manual_seed(seed)
-        model = ACMIL(16, 32, 16, H=1, n_top=10, p=p)
-        opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=1e-5)
-        gen = torch.Generator().manual_seed(seed + 100)
-        for _ in range(15):
-            model.train()
-            for i in torch.randperm(len(train.bags), generator=gen).tolist():
-                out = model(train.bags[i], gen)
-                loss = acmil_loss(out.branch_logits, out.slide_logits, out.attention, int(train.labels[i]))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        model.eval()
+        model = train_on_bags(train, seed, H=1, n_top=10, p=p)
         with torch.no_grad():
             scores = torch.stack([torch.softmax(model(x).slide_logits, 0)[1] for x in test.bags])
     keep = test.shown != 0
-    return _auc(scores[keep], test.labels[keep])
+    return roc_auc(scores[keep], test.labels[keep])
 
 
 @task("ch08.stkim_experiment", points=3, time_limit=90.0)
