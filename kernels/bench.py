@@ -35,7 +35,15 @@ from attnbook.mechanisms.fused_attention_kernel import attention_flops
 
 PEERS_SDPA = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
 IMPLS = ["ours", "cudnn", "flash", "efficient", "flex"]
-DEFAULT_IMPLS = ["ours", "ours_atomic", "cudnn", "flash", "efficient", "flex"]  # every kept variant
+DEFAULT_IMPLS = [
+    "ours",
+    "ours_atomic",
+    "ours_v2",
+    "cudnn",
+    "flash",
+    "efficient",
+    "flex",
+]  # every kept variant
 # Our kernel's variants, each a setting of flash_attention (see NOTES.md): "ours" is the default.
 OURS = {
     "ours": {},
@@ -79,6 +87,16 @@ def make_impls(causal: bool, N: int, names: list[str], flex_compiled):
                 launch.USE_TMA = saved
 
         impls["ours_ptr"] = ours_ptr
+    if "ours_v2" in names:  # the v2 forward where v4 (warp-specialized, Hopper) would run
+
+        def ours_v2(q, k, v):
+            saved, launch.USE_WARP_SPECIALIZED = launch.USE_WARP_SPECIALIZED, False
+            try:
+                return flash_attention(q, k, v, causal=causal)
+            finally:
+                launch.USE_WARP_SPECIALIZED = saved
+
+        impls["ours_v2"] = ours_v2
     for name, backend in PEERS_SDPA.items():
         if name in names:
             impls[name] = _sdpa(backend, causal)
@@ -212,7 +230,9 @@ def plot(rows, names, path: str) -> None:
     ds = sorted({r["d"] for r in rows})
     modes = [m for m in ("fwd", "fwd+bwd") if any(r["mode"] == m for r in rows)]
     fig, axes = plt.subplots(len(ds), len(modes), figsize=(6 * len(modes), 4 * len(ds)), squeeze=False)
-    colors = dict(zip(IMPLS + ["ours_ptr", "ours_atomic"], ["C3", "C0", "C1", "C2", "C4", "C5", "C7"]))
+    colors = dict(
+        zip(IMPLS + ["ours_ptr", "ours_atomic", "ours_v2"], ["C3", "C0", "C1", "C2", "C4", "C5", "C7", "C8"])
+    )
     for i, d in enumerate(ds):
         for j, mode in enumerate(modes):
             ax = axes[i][j]
@@ -282,7 +302,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     p.add_argument("--causal", choices=["both", "true", "false"], default="both")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
-    p.add_argument("--impls", nargs="+", default=DEFAULT_IMPLS, choices=IMPLS + ["ours_ptr"] + list(OURS))
+    p.add_argument(
+        "--impls", nargs="+", default=DEFAULT_IMPLS, choices=IMPLS + ["ours_ptr", "ours_v2"] + list(OURS)
+    )
     p.add_argument(
         "--compare-loads", action="store_true", help="also time our forward with pointer loads (ours_ptr)"
     )

@@ -49,6 +49,7 @@ import triton.language as tl
 
 from attnbook.attention import scaled_dot_product_attention
 
+from . import fused_attention_hopper as hopper
 from . import launch
 from .fused_attention_backward import (  # noqa: F401 - the backward kernels, for readers of this module
     _attn_bwd_dkdv,
@@ -174,7 +175,18 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale, N_Q, N_KV,
 
 
 def _forward(q, k, v, causal: bool, scale: float):
-    """q: (B, H, N, d), k, v: (B, H, M, d), contiguous -> out (B, H, N, d), lse (B, H, N) float32."""
+    """q: (B, H, N, d), k, v: (B, H, M, d), contiguous -> out (B, H, N, d), lse (B, H, N) float32.
+
+    On an sm_90 GPU at d = 128 this runs v4, the warp-specialized forward of
+    ``fused_attention_hopper.py`` (the same outputs; 1.2–1.3× v2's speed there, NOTES.md run 8);
+    everywhere else, and with ``ATTNBOOK_WS=0``, v2 below.
+    """
+    if (
+        launch.USE_WARP_SPECIALIZED
+        and q.shape[-1] in hopper.PREFERRED_HEAD_DIMS
+        and hopper.available(q, k, v)
+    ):
+        return hopper.forward(q, k, v, causal, scale)
     B, H, N, d = q.shape
     M = k.shape[2]
     o = torch.empty_like(q)

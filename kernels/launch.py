@@ -38,6 +38,7 @@ from attnbook.validate import check_qkv, check_scale, require_tensor
 __all__ = [
     "INTERPRET",
     "USE_TMA",
+    "USE_WARP_SPECIALIZED",
     "LOG2E",
     "INTERPRETER_BLOCKS",
     "HOPPER",
@@ -61,6 +62,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # ATTNBOOK_TMA=0 forces plain pointer loads; read by use_tma at every call, so a benchmark or a
 # test may also flip this attribute.
 USE_TMA = os.environ.get("ATTNBOOK_TMA", "1") != "0"
+# ATTNBOOK_WS=0 keeps chapter 29's forward on v2 where v4 (the warp-specialized Gluon forward,
+# fused_attention_hopper.py) would run; read at every call, so a benchmark may flip the attribute.
+USE_WARP_SPECIALIZED = os.environ.get("ATTNBOOK_WS", "1") != "0"
 LOG2E = 1.4426950408889634  # log2(e): kernels compute e^x as 2^(x·log2 e)
 
 

@@ -1,0 +1,115 @@
+"""Tests of v4, chapter 29's warp-specialized forward for Hopper (fused_attention_hopper.py).
+
+v4 runs only on an sm_90 GPU with a Triton that has Gluon; everywhere else flash_attention runs
+v2, and these tests check that it says so (``available`` is False) without failing. On an H200:
+every schedule knob (ping-pong on and off, 2 to 4 ring stages, early or deferred release of V)
+against a float64 reference, out and L, for ragged N, N != M, causal and not, fp16 and bf16;
+flash_attention's dispatch; v4 against v2; and repeatability.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+
+pytest.importorskip("triton")
+import attnbook.kernels.fused_attention as fa  # noqa: E402
+import attnbook.kernels.fused_attention_hopper as hopper  # noqa: E402
+from attnbook.kernels import launch  # noqa: E402
+
+hopper_only = pytest.mark.skipif(
+    launch.INTERPRET
+    or not torch.cuda.is_available()
+    or torch.cuda.get_device_capability() != (9, 0)
+    or not hopper.GLUON,
+    reason="needs an sm_90 GPU and Triton's Gluon",
+)
+
+
+def reference(q, k, v, causal, scale):
+    """(out, L) in float64; causal as attnbook.masks.causal_mask (query i sees j <= i + M - N)."""
+    N, M = q.shape[2], k.shape[2]
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale  # (B, H, N, M)
+    if causal:
+        i = torch.arange(N, device=q.device)[:, None] + (M - N)
+        s = s.masked_fill(torch.arange(M, device=q.device)[None, :] > i, float("-inf"))
+    return torch.softmax(s, -1) @ v.double(), torch.logsumexp(s, -1)
+
+
+def inputs(B, H, N, M, d, dtype, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(B, H, n, d, device="cuda", generator=gen).to(dtype) for n in (N, M, M)]
+
+
+def test_not_available_without_an_sm90_gpu():
+    """On a CPU (or in the interpreter) v4 declines and flash_attention keeps v2."""
+    q = torch.zeros(1, 1, 4, 128)
+    assert not hopper.available(q, q, q)
+
+
+@hopper_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize(
+    "knobs",
+    [dict(), dict(pingpong=False), dict(stages=2), dict(stages=2, v_early=True), dict(v_early=True)],
+    ids=["default", "no-pingpong", "2-stages", "2-stages-early-v", "early-v"],
+)
+def test_v4_matches_reference(knobs, d, dtype):
+    tol = 2e-2 if dtype == torch.bfloat16 else 4e-3  # max |out - ref| for N(0, 1) inputs
+    for B, H, N, M, causal in [
+        (1, 2, 1, 1, False),
+        (2, 3, 17, 17, True),
+        (1, 2, 1000, 1000, True),
+        (2, 2, 77, 300, False),
+        (1, 2, 300, 1500, True),
+        (2, 2, 300, 77, False),
+        (1, 4, 4096, 4096, True),
+    ]:
+        q, k, v = inputs(B, H, N, M, d, dtype, seed=N + M)
+        out, lse = hopper.forward(q, k, v, causal, d**-0.5, **knobs)
+        ref, lse_ref = reference(q, k, v, causal, d**-0.5)
+        err, lse_err = (out.double() - ref).abs().max().item(), (lse.double() - lse_ref).abs().max().item()
+        assert err < tol and lse_err < 1e-4, f"N={N} M={M} causal={causal}: out {err:.1e}, L {lse_err:.1e}"
+
+
+@hopper_only
+def test_flash_attention_runs_v4_at_d128_only(monkeypatch):
+    calls = []
+    original = hopper.forward
+    monkeypatch.setattr(
+        hopper, "forward", lambda *a, **kw: calls.append(a[0].shape[-1]) or original(*a, **kw)
+    )
+    for d in (64, 128):
+        fa.flash_attention(*inputs(1, 2, 256, 256, d, torch.bfloat16))
+    assert calls == [128]
+    monkeypatch.setattr(launch, "USE_WARP_SPECIALIZED", False)
+    fa.flash_attention(*inputs(1, 2, 256, 256, 128, torch.bfloat16))
+    assert calls == [128]
+
+
+@hopper_only
+@pytest.mark.parametrize("causal", [False, True])
+def test_v4_agrees_with_v2_and_the_backward_uses_its_L(monkeypatch, causal):
+    """v4's out and L feed v2's backward: gradients through either forward agree."""
+    q, k, v = (t.requires_grad_() for t in inputs(2, 4, 1000, 1000, 128, torch.bfloat16, seed=7))
+    do = torch.randn_like(q)
+    results = []
+    for ws in (True, False):
+        monkeypatch.setattr(launch, "USE_WARP_SPECIALIZED", ws)
+        out = fa.flash_attention(q, k, v, causal=causal)
+        results.append([out] + list(torch.autograd.grad(out, (q, k, v), do)))
+    for name, a, b in zip(("out", "dq", "dk", "dv"), *results):
+        rel = ((a.float() - b.float()).norm() / b.float().norm()).item()
+        assert rel < 1e-2, f"{name}: v4 vs v2 relative difference {rel:.1e}"
+
+
+@hopper_only
+def test_v4_is_bitwise_repeatable():
+    q, k, v = inputs(1, 8, 4096, 4096, 128, torch.bfloat16)
+    first = hopper.forward(q, k, v, True, 0.1)
+    second = hopper.forward(q, k, v, True, 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
