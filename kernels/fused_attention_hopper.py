@@ -38,6 +38,8 @@ runs v2: :func:`available` says whether this path can run, :func:`forward` runs 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -58,7 +60,7 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
 
 from .launch import INTERPRET, LOG2E
 
-__all__ = ["GLUON", "HEAD_DIMS", "PREFERRED_HEAD_DIMS", "available", "forward"]
+__all__ = ["GLUON", "HEAD_DIMS", "PREFERRED_HEAD_DIMS", "MIN_SCORES", "available", "worth_it", "forward"]
 
 HEAD_DIMS = (64, 128)  # what v4 computes (tested at both)
 # where flash_attention uses it: at d = 64 v4 was slower than v2 for N <= 4096 on the H200
@@ -353,17 +355,33 @@ if GLUON:
     # fmt: on
 
 
+def worth_it(q: torch.Tensor, k: torch.Tensor, causal: bool) -> bool:
+    """Whether v4's larger host cost pays off: at least MIN_SCORES visible scores (B·H·N·M, halved
+    when causal). On the H200 a v4 call cost about 100 µs more host time than a v2 call (NOTES.md,
+    run 7), more than the kernel itself at d = 128, N = 1024, causal, where v2 stays faster."""
+    B, H, N, _ = q.shape
+    return B * H * N * k.shape[2] // (2 if causal else 1) >= MIN_SCORES
+
+
+MIN_SCORES = 2**28  # 2^27 (N = 1024, causal, B·H = 256) measured slower than v2; 2^28 faster
+
+
+@functools.cache
+def _smem_layout(rows: int, d: int, bf16: bool):
+    """The shared-memory layout of a (1, rows, d) block (computed once: ~10 µs of Python each)."""
+    return gl.NVMMASharedLayout.get_default_for([1, rows, d], gl.bfloat16 if bf16 else gl.float16)
+
+
 def descriptors(q, k, v, o, block_n: int):
     """Host-side tensor descriptors of (B, H, rows, d) tensors, viewed as (B·H, rows, d)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     d = q.shape[-1]
-    dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    bf16 = q.dtype == torch.bfloat16
 
     def desc(t, rows):
         t3 = t.view(-1, t.shape[2], d)  # (B·H, rows, d)
-        layout = gl.NVMMASharedLayout.get_default_for([1, rows, d], dtype)
-        return TensorDescriptor.from_tensor(t3, [1, rows, d], layout)
+        return TensorDescriptor.from_tensor(t3, [1, rows, d], _smem_layout(rows, d, bf16))
 
     return desc(q, 64), desc(k, block_n), desc(v, block_n), desc(o, 64)
 

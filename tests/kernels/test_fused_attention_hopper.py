@@ -4,7 +4,7 @@ v4 runs only on an sm_90 GPU with a Triton that has Gluon; everywhere else flash
 v2, and these tests check that it says so (``available`` is False) without failing. On an H200:
 every schedule knob (ping-pong on and off, 2 to 4 ring stages, early or deferred release of V)
 against a float64 reference, out and L, for ragged N, N != M, causal and not, fp16 and bf16;
-flash_attention's dispatch; v4 against v2; and repeatability.
+flash_attention's dispatch (d = 128, large enough calls); v4 against v2; and repeatability.
 """
 
 import os
@@ -76,6 +76,14 @@ def test_v4_matches_reference(knobs, d, dtype):
         assert err < tol and lse_err < 1e-4, f"N={N} M={M} causal={causal}: out {err:.1e}, L {lse_err:.1e}"
 
 
+def test_v4_is_worth_its_host_cost_only_on_large_calls():
+    """2^28 visible scores or more: B·H·N·M, halved when causal (measured cut-off, NOTES.md run 7)."""
+    q = torch.zeros(16, 16, 1024, 1)  # B·H = 256, N = M = 1024: 2^28 scores
+    assert hopper.worth_it(q, q, causal=False) and not hopper.worth_it(q, q, causal=True)
+    assert hopper.worth_it(torch.zeros(8, 16, 2048, 1), torch.zeros(8, 16, 2048, 1), causal=True)
+    assert not hopper.worth_it(q[:1], q[:1], causal=False)
+
+
 @hopper_only
 def test_flash_attention_runs_v4_at_d128_only(monkeypatch):
     calls = []
@@ -84,10 +92,11 @@ def test_flash_attention_runs_v4_at_d128_only(monkeypatch):
         hopper, "forward", lambda *a, **kw: calls.append(a[0].shape[-1]) or original(*a, **kw)
     )
     for d in (64, 128):
-        fa.flash_attention(*inputs(1, 2, 256, 256, d, torch.bfloat16))
+        fa.flash_attention(*inputs(4, 16, 2048, 2048, d, torch.bfloat16))  # 2^28 scores
     assert calls == [128]
+    fa.flash_attention(*inputs(1, 2, 256, 256, 128, torch.bfloat16))  # too small to pay off
     monkeypatch.setattr(launch, "USE_WARP_SPECIALIZED", False)
-    fa.flash_attention(*inputs(1, 2, 256, 256, 128, torch.bfloat16))
+    fa.flash_attention(*inputs(4, 16, 2048, 2048, 128, torch.bfloat16))
     assert calls == [128]
 
 
@@ -95,6 +104,7 @@ def test_flash_attention_runs_v4_at_d128_only(monkeypatch):
 @pytest.mark.parametrize("causal", [False, True])
 def test_v4_agrees_with_v2_and_the_backward_uses_its_L(monkeypatch, causal):
     """v4's out and L feed v2's backward: gradients through either forward agree."""
+    monkeypatch.setattr(hopper, "MIN_SCORES", 0)  # v4 at any size
     q, k, v = (t.requires_grad_() for t in inputs(2, 4, 1000, 1000, 128, torch.bfloat16, seed=7))
     do = torch.randn_like(q)
     results = []
