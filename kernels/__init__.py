@@ -8,6 +8,8 @@ Triton's CPU interpreter.
   ``fused_attention_backward``): fused softmax attention, forward and backward (FlashAttention-2
   style), ``(B, H, N, d)`` tensors, causal or not; its plain PyTorch specification is
   :func:`attention_reference`. Benchmark: ``python -m attnbook.kernels.bench``.
+- ``attnbook.kernels.fused_attention_hopper``: v4, the forward on Hopper (sm_90) in Triton's Gluon
+  layer, warp-specialized; flash_attention runs it at d = 128 on large enough calls and v2 elsewhere.
 - ``attnbook.kernels.launch``: the launch layer every kernel shares (tile tables, autotuning,
   load path, dtype policy, input checks).
 

@@ -179,14 +179,14 @@ def _forward(q, k, v, causal: bool, scale: float):
 
     On an sm_90 GPU at d = 128 this runs v4, the warp-specialized forward of
     ``fused_attention_hopper.py`` (the same outputs; up to 1.3× v2's speed there, NOTES.md
-    run 7) when the call is large enough to hide v4's host cost (``hopper.worth_it``);
+    run 8) when the call is large enough to hide v4's host cost (``hopper.worth_it``);
     everywhere else, and with ``ATTNBOOK_WS=0``, v2 below.
     """
     if (
         launch.USE_WARP_SPECIALIZED
         and q.shape[-1] in hopper.PREFERRED_HEAD_DIMS
         and hopper.available(q, k, v)
-        and hopper.worth_it(q, k, causal)
+        and hopper.worth_it(*q.shape[:3], k.shape[2], causal)
     ):
         return hopper.forward(q, k, v, causal, scale)
     B, H, N, d = q.shape

@@ -64,12 +64,12 @@ __all__ = ["GLUON", "HEAD_DIMS", "PREFERRED_HEAD_DIMS", "MIN_SCORES", "available
 
 HEAD_DIMS = (64, 128)  # what v4 computes (tested at both)
 # where flash_attention uses it: at d = 64 v4 was slower than v2 for N <= 4096 on the H200
-# (NOTES.md, run 8), so d = 64 stays on v2
+# (NOTES.md, run 7), so d = 64 stays on v2
 PREFERRED_HEAD_DIMS = (128,)
 BLOCK_M = 128  # query rows per program: 64 per consumer warpgroup
 # (BLOCK_N, STAGES) per head width. At d = 128 three stages fill 224 KB of the 227 KB of shared
-# memory a program may have (Q 32 KB + 3 × (K 32 KB + V 32 KB)); two stages were 20–30% slower
-# (NOTES.md, run 8): the ring must hold a tile while the next one is in flight.
+# memory a program may have (Q 32 KB + 3 × (K 32 KB + V 32 KB)); two stages with V released one
+# iteration late (the default, V_EARLY=False) were 17–31% slower (NOTES.md, run 7).
 TILES = {64: (128, 3), 128: (128, 3)}
 # Registers per thread: 240 for the second consumer and 24 for the loader's warpgroup (set in the
 # kernel); the first consumer gets the rest of 3 warpgroups × 128 threads × MAXNREG ≤ 65536.
@@ -355,12 +355,11 @@ if GLUON:
     # fmt: on
 
 
-def worth_it(q: torch.Tensor, k: torch.Tensor, causal: bool) -> bool:
+def worth_it(B: int, H: int, N: int, M: int, causal: bool) -> bool:
     """Whether v4's larger host cost pays off: at least MIN_SCORES visible scores (B·H·N·M, halved
-    when causal). On the H200 a v4 call cost about 100 µs more host time than a v2 call (NOTES.md,
-    run 7), more than the kernel itself at d = 128, N = 1024, causal, where v2 stays faster."""
-    B, H, N, _ = q.shape
-    return B * H * N * k.shape[2] // (2 if causal else 1) >= MIN_SCORES
+    when causal). On the H200 a v4 call cost 50–100 µs more host time than a v2 call (NOTES.md,
+    run 8), as long as the kernel itself at d = 128, N = 1024, causal, where v2 stays faster."""
+    return B * H * N * M // (2 if causal else 1) >= MIN_SCORES
 
 
 MIN_SCORES = 2**28  # 2^27 (N = 1024, causal, B·H = 256) measured slower than v2; 2^28 faster

@@ -8,10 +8,11 @@ Every kernel rung is a committed version, with its numbers read from the benchma
 - v2 as first committed (commit fac7af6, GPU run 3): ``results/bench_table_before_split.txt``, that
   run's log (its lines ``d=128 N=4096 causal=False: ours fwd  468.0 (0s), ...``; B = 16384 / N);
 - v2 after the split into a launch layer and modules (commit 0582a2e, run 4): ``results/bench_run4.csv``;
-- v3, the 5-matmul backward, and the cuDNN peer (commit e8bffd8, run 6): ``results/bench.csv``.
+- v3, the 5-matmul backward (commit e8bffd8, run 6): ``results/bench_run6.csv``;
+- v4, the warp-specialized Gluon forward on Hopper, and the cuDNN peer (run 8): ``results/bench.csv``.
 
-The PyTorch rungs come from ``results/pytorch_rungs.csv`` (``time_pytorch_rungs.py``) once a GPU run has
-made it; until then they are written with an empty ``tflops`` ("not timed"). v1, the version of GPU
+The PyTorch rungs come from ``results/pytorch_rungs.csv`` (``time_pytorch_rungs.py``, run 8). A rung
+whose file lacks its row is written with an empty ``tflops`` ("not timed"). v1, the version of GPU
 run 2, is not a rung: no commit holds it (the first commit is v2), so nothing reproduces it; its numbers
 stay in NOTES.md. Each row names the file and line its number was read from, the commit and command that
 reproduce it, the idea that bought it and the ceiling that idea was up against.
@@ -27,12 +28,12 @@ HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SHAPE = dict(d="128", N="4096", B="4", causal="False")
 TOKENS = 16384  # B·N in every run of bench.py, so B = 4 at N = 4096
 BENCH = "python3 -m attnbook.kernels.bench --d 128 64 --warmup 25 --rep 200"  # runs 3, 4 (NOTES.md)
-RUN6 = "bash kernels/gpu_run.sh OUT --d 128 64 --warmup 25 --rep 200"  # run 6 (NOTES.md)
+RUN6 = "bash kernels/gpu_run.sh OUT --d 128 64 --warmup 25 --rep 200"  # runs 6 and 8 (NOTES.md)
 SERIAL = "serial matmul + exp2 in each warp: about 500 TFLOP/s forward at d = 128"
 RUNGS = [  # rung, run, source file, impl in it (or one per mode), how to reproduce, idea, ceiling
     dict(
         rung="unfused PyTorch",
-        run="run 7 (planned)",
+        run="run 8",
         source="pytorch_rungs.csv",
         impl="unfused",
         reproduce="python3 -m attnbook.kernels.time_pytorch_rungs (attention_reference)",
@@ -41,7 +42,7 @@ RUNGS = [  # rung, run, source file, impl in it (or one per mode), how to reprod
     ),
     dict(
         rung="blocked PyTorch",
-        run="run 7 (planned)",
+        run="run 8",
         source="pytorch_rungs.csv",
         impl="blocked",
         reproduce="python3 -m attnbook.kernels.time_pytorch_rungs (blocked_attention, 128x128)",
@@ -69,18 +70,28 @@ RUNGS = [  # rung, run, source file, impl in it (or one per mode), how to reprod
     dict(
         rung="v3: 5-matmul backward",
         run="run 6",
-        source="bench.csv",
+        source="bench_run6.csv",
         impl={"fwd": "ours", "fwd+bwd": "ours_atomic"},  # the same forward as v2, run in the same call
         reproduce=f"git checkout e8bffd8; {RUN6} (ours_atomic: flash_attention(..., deterministic=False))",
         idea="dQ added in float32 (bulk reduce-add): 5 block matmuls instead of 7",
         ceiling="registers for dK, dV and the fifth product; dQ reduce traffic in L2; forward as v2",
     ),
     dict(
+        rung="v4: warp-specialized",
+        run="run 8",
+        source="bench.csv",
+        impl={"fwd": "ours", "fwd+bwd": "ours_atomic"},  # v4's forward; v3's 5-matmul backward
+        reproduce=f"git checkout f970126; {RUN6}",
+        idea="a loader warp and two consumer warpgroups taking turns at the tensor cores (Gluon); "
+        "a 3-stage K/V ring",
+        ceiling="backward as v3; short calls: ~50 µs more host time per call than v2",
+    ),
+    dict(
         rung="cuDNN (peer)",
-        run="run 6",
+        run="run 8",
         source="bench.csv",
         impl="cudnn",
-        reproduce=f"git checkout e8bffd8; {RUN6} (SDPBackend.CUDNN_ATTENTION)",
+        reproduce=f"git checkout f970126; {RUN6} (SDPBackend.CUDNN_ATTENTION)",
         idea="FlashAttention-3-style schedule: one tile's exp2 under another's matmuls",
         ceiling="—",
     ),

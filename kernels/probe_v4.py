@@ -1,0 +1,108 @@
+"""v4's schedule knobs on a Hopper GPU (NOTES.md, run 7): correctness of each, then their speed.
+
+    python -m attnbook.kernels.probe_v4 check   # every knob against float64: out and L
+    python -m attnbook.kernels.probe_v4 time    # TFLOP/s of each knob beside v2 and cuDNN
+
+Knobs of :func:`attnbook.kernels.fused_attention_hopper.forward`: ``stages`` (slots of the K/V ring),
+``v_early`` (release a V slot right after its matmul, or one iteration later) and ``pingpong``.
+bf16 timings at bench.py's shapes (B·N = 16384, H·d = 2048), do_bench medians (warmup 25, rep 100).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+KNOBS = {
+    128: [dict(stages=s, v_early=e) for s in (2, 3) for e in (False, True)],
+    64: [dict(stages=s, v_early=e) for s in (3, 4) for e in (False, True)],
+}
+CHECK_SHAPES = [  # B, H, N, M, d, causal: ragged, N != M both ways, one key, long
+    (2, 3, 128, 128, 128, True),
+    (1, 2, 1000, 1000, 128, True),
+    (2, 2, 77, 300, 128, False),
+    (1, 2, 1000, 1500, 64, True),
+    (2, 2, 300, 77, 64, False),
+    (1, 2, 1, 1, 64, False),
+    (1, 4, 4096, 4096, 128, True),
+    (3, 2, 333, 333, 64, True),
+]
+
+
+def reference(q, k, v, causal, scale):
+    """(out, L) in float64; query i sees keys j <= i + M - N when causal."""
+    N, M = q.shape[2], k.shape[2]
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale  # (B, H, N, M)
+    if causal:
+        i = torch.arange(N, device=q.device)[:, None] + (M - N)
+        s = s.masked_fill(torch.arange(M, device=q.device)[None, :] > i, float("-inf"))
+    return torch.softmax(s, -1) @ v.double(), torch.logsumexp(s, -1)
+
+
+def check() -> int:
+    from attnbook.kernels import fused_attention_hopper as hopper
+
+    failures = 0
+    for dtype in (torch.bfloat16, torch.float16):
+        for B, H, N, M, d, causal in CHECK_SHAPES:
+            q, k, v = (torch.randn(B, H, n, d, device="cuda", dtype=dtype) for n in (N, M, M))
+            ref, lse_ref = reference(q, k, v, causal, d**-0.5)
+            for knobs in KNOBS[d]:
+                for pingpong in (True, False):
+                    out, lse = hopper.forward(q, k, v, causal, d**-0.5, pingpong=pingpong, **knobs)
+                    err = (out.double() - ref).abs().max().item()
+                    lse_err = (lse.double() - lse_ref).abs().max().item()
+                    ok = err < 2e-2 and lse_err < 1e-3
+                    failures += not ok
+                    print(
+                        f"{str(dtype)[6:]:8} B{B} H{H} N{N} M{M} d{d} causal={causal:d} "
+                        f"pingpong={pingpong:d} {knobs}: out {err:.1e} L {lse_err:.1e} {('FAIL', 'OK')[ok]}",
+                        flush=True,
+                    )
+    print("failures:", failures)
+    return int(failures > 0)
+
+
+def time_knobs() -> int:
+    from triton.testing import do_bench
+
+    from attnbook.kernels import flash_attention, launch
+    from attnbook.kernels import fused_attention_hopper as hopper
+    from attnbook.kernels.bench import _sdpa
+
+    os.environ["ATTNBOOK_AUTOTUNE"] = "1"
+    for d in (128, 64):
+        for N in (1024, 4096, 16384):
+            for causal in (False, True):
+                B, H = max(1, 16384 // N), 2048 // d
+                q, k, v = (torch.randn(B, H, N, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+                flops = 4 * B * H * N * N * d / (2 if causal else 1)
+                calls = {
+                    f"s{kn['stages']}{'e' if kn['v_early'] else 'd'}": (
+                        lambda kn=kn: hopper.forward(q, k, v, causal, d**-0.5, **kn)
+                    )
+                    for kn in KNOBS[d]
+                }
+                calls["nopp"] = lambda: hopper.forward(q, k, v, causal, d**-0.5, pingpong=False)
+
+                def v2():
+                    saved, launch.USE_WARP_SPECIALIZED = launch.USE_WARP_SPECIALIZED, False
+                    try:
+                        return flash_attention(q, k, v, causal=causal)
+                    finally:
+                        launch.USE_WARP_SPECIALIZED = saved
+
+                calls["v2"] = v2
+                cudnn = _sdpa("CUDNN_ATTENTION", causal)
+                calls["cudnn"] = lambda cudnn=cudnn: cudnn(q, k, v)
+                tflops = {name: flops / do_bench(fn, warmup=25, rep=100) / 1e9 for name, fn in calls.items()}
+                line = " ".join(f"{n}={t:5.0f}" for n, t in tflops.items())
+                print(f"d={d} N={N:5d} causal={causal:d}: {line}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    part = sys.argv[1] if len(sys.argv) > 1 else "check"
+    sys.exit(check() if part == "check" else time_knobs())
