@@ -28,12 +28,14 @@ warpgroup matmuls (wgmma), mbarriers and warp specialization directly:
    α_j = 2^{m_{j−1} − m_j} leaves blocks ≤ j−1 at m_j.
 
 Shapes: one program per (128 query rows, batch·head); q, o: (B, H, N, d), k, v: (B, H, M, d),
-contiguous, d in {64, 128}, float16 or bfloat16, sm_90 only. Each head gets its own tensor
-descriptors, so ragged tails are zero-filled on load and clipped on store. Causal follows
+contiguous, d in {64, 128}, float16 or bfloat16, sm_90 only. The tensor descriptors are made on
+the host and are 3-d, (B·H, rows, d), so a copy never crosses into the next head: ragged tails are
+zero-filled on load and clipped on store. Causal follows
 :func:`attnbook.masks.causal_mask` (query i sees keys j <= i + M − N), as in v2.
 
 Everything else (other GPUs, other head widths, the CPU interpreter, Triton builds without Gluon)
-runs v2: :func:`available` says whether this path can run, :func:`forward` runs it.
+runs v2: :func:`available` says whether this path can run, :func:`worth_it` whether a call is large
+enough to hide v4's host cost, :func:`forward` runs it. Measured in ``NOTES.md`` (runs 7 and 8).
 """
 
 from __future__ import annotations
