@@ -178,15 +178,14 @@ def _forward(q, k, v, causal: bool, scale: float):
     """q: (B, H, N, d), k, v: (B, H, M, d), contiguous -> out (B, H, N, d), lse (B, H, N) float32.
 
     On an sm_90 GPU at d = 128 this runs v4, the warp-specialized forward of
-    ``fused_attention_hopper.py`` (the same outputs; up to 1.3× v2's speed there, NOTES.md
-    run 8) when the call is large enough to hide v4's host cost (``hopper.worth_it``);
-    everywhere else, and with ``ATTNBOOK_WS=0``, v2 below.
+    ``fused_attention_hopper.py`` (the same outputs; 1.2–1.3× v2's speed there, NOTES.md run 8)
+    when the call is large enough for it to pay off (``hopper.worth_it``); everywhere else, and
+    with ``ATTNBOOK_WS=0``, v2 below.
     """
     if (
         launch.USE_WARP_SPECIALIZED
-        and q.shape[-1] in hopper.PREFERRED_HEAD_DIMS
         and hopper.available(q, k, v)
-        and hopper.worth_it(*q.shape[:3], k.shape[2], causal)
+        and hopper.worth_it(*q.shape[:3], k.shape[2], q.shape[3], causal)
     ):
         return hopper.forward(q, k, v, causal, scale)
     B, H, N, d = q.shape

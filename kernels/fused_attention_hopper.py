@@ -62,20 +62,19 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
 
 from .launch import INTERPRET, LOG2E
 
-__all__ = ["GLUON", "HEAD_DIMS", "PREFERRED_HEAD_DIMS", "MIN_SCORES", "available", "worth_it", "forward"]
+__all__ = ["GLUON", "HEAD_DIMS", "MIN_SCORES", "available", "worth_it", "forward"]
 
-HEAD_DIMS = (64, 128)  # what v4 computes (tested at both)
-# where flash_attention uses it: at d = 64 v4 was slower than v2 for N <= 4096 on the H200
-# (NOTES.md, run 7), so d = 64 stays on v2
-PREFERRED_HEAD_DIMS = (128,)
-BLOCK_M = 128  # query rows per program: 64 per consumer warpgroup
-# (BLOCK_N, STAGES) per head width. At d = 128 three stages fill 224 KB of the 227 KB of shared
-# memory a program may have (Q 32 KB + 3 × (K 32 KB + V 32 KB)); two stages with V released one
-# iteration late (the default, V_EARLY=False) were 17–31% slower (NOTES.md, run 7).
-TILES = {64: (128, 3), 128: (128, 3)}
-# Registers per thread: 240 for the second consumer and 24 for the loader's warpgroup (set in the
-# kernel); the first consumer gets the rest of 3 warpgroups × 128 threads × MAXNREG ≤ 65536.
-MAXNREG = 168
+HEAD_DIMS = (64, 128)  # what v4 computes (tested at both); flash_attention uses it at d = 128
+# (BLOCK_N, STAGES, CONSUMERS, V_EARLY) per head width; a program owns 64 query rows per consumer
+# warpgroup. At d = 128 three stages fill 224 KB of the 227 KB of shared memory a program may have
+# (Q 32 KB + 3 × (K 32 KB + V 32 KB)); two stages with V released one iteration late were 17–31%
+# slower (NOTES.md, run 7). At d = 64 two consumers could not hide the softmax, which costs as much
+# there as both warpgroups' matmuls; three could, from 2^31 scores on (run 9).
+TILES = {64: (128, 3, 3, False), 128: (128, 3, 2, False)}
+# Registers per thread, at most 65536 / (128 × warpgroups): the workers' budgets are set in the
+# kernel (2 consumers: 240 for the second, 24 for the loader; 3: 160, 160, 24); the first consumer
+# gets the rest.
+MAXNREG = {2: 168, 3: 128}
 
 
 def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -125,13 +124,17 @@ if GLUON:
     def _take_turn(turn_bars, it, WG: gl.constexpr, PINGPONG: gl.constexpr):
         """Wait until it is this warpgroup's turn at the tensor cores (iteration `it`)."""
         if PINGPONG:
-            # warpgroup 0 goes first: a fresh mbarrier counts its phase "1" as complete
-            mbarrier.wait(turn_bars.index(WG), (it & 1) ^ (1 - WG))
+            phase = it & 1
+            if WG == 0:
+                phase = phase ^ 1  # warpgroup 0 goes first: a fresh mbarrier counts phase "1" as complete
+            mbarrier.wait(turn_bars.index(WG), phase)
 
     @gluon.jit
     def _pass_turn(turn_bars, WG: gl.constexpr, PINGPONG: gl.constexpr):
+        """Hand the turn to the next consumer warpgroup (round robin)."""
+        CONSUMERS: gl.constexpr = turn_bars.type.shape[0]
         if PINGPONG:
-            mbarrier.arrive(turn_bars.index(1 - WG), count=1)
+            mbarrier.arrive(turn_bars.index((WG + 1) % CONSUMERS), count=1)
 
     @gluon.jit
     def _consumer(q_smem, k_smem, v_smem, o_desc, q_bars, k_ready, k_empty, v_ready, v_empty,
@@ -252,7 +255,8 @@ if GLUON:
         2-d shared-memory slot is viewed as (1, rows, d) for the copy (the same bytes).
         """
         HALF: gl.constexpr = q_smem.type.shape[1]
-        for wg in gl.static_range(2):
+        CONSUMERS: gl.constexpr = q_smem.type.shape[0]
+        for wg in gl.static_range(CONSUMERS):
             mbarrier.expect(q_bars.index(wg), q_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(q_desc, [bh, m0 + wg * HALF, 0], q_bars.index(wg),
                                             _view_3d(q_smem.index(wg), q_desc))
@@ -298,15 +302,22 @@ if GLUON:
                        CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, V_EARLY: gl.constexpr):
         _consumer_partition(args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY, 1)
 
+    @gluon.jit
+    def _consumer2_partition(args, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                       CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, V_EARLY: gl.constexpr):
+        _consumer_partition(args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY, 2)
+
     @gluon.jit(do_not_specialize=["N_Q", "N_KV"])
     def _attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, LSE, qk_scale, N_Q, N_KV,
                      HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                     CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, V_EARLY: gl.constexpr):
-        """O = softmax(s·QKᵀ)V and L = logsumexp(s·QKᵀ) for 128 queries of one (batch, head).
+                     CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, V_EARLY: gl.constexpr,
+                     CONSUMERS: gl.constexpr):
+        """O = softmax(s·QKᵀ)V and L = logsumexp(s·QKᵀ) for 64·CONSUMERS queries of one (batch, head).
 
         q_desc, o_desc: (B·H, N_Q, d) in blocks of (1, 64, d); k_desc, v_desc: (B·H, N_KV, d) in
         blocks of (1, BLOCK_N, d); LSE: (B·H, N_Q) float32.
-        Grid: (cdiv(N_Q, 128), B·H); 4 warps here (consumer 0) + 4 (consumer 1) + 1 (loader).
+        Grid: (cdiv(N_Q, 64·CONSUMERS), B·H); 4 warps here (consumer 0), 4 per other consumer
+        (CONSUMERS = 2 or 3) and 1 (loader).
         """
         HALF: gl.constexpr = 64
         pid_m = gl.program_id(0)
@@ -314,7 +325,7 @@ if GLUON:
             # Later query blocks see more keys: launch them first so the short ones fill the tail.
             pid_m = gl.num_programs(0) - 1 - pid_m
         bh = gl.program_id(1)
-        m0 = pid_m * (2 * HALF)
+        m0 = pid_m * (CONSUMERS * HALF)
         dtype: gl.constexpr = q_desc.dtype
         Q_LAYOUT: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF, HEAD_DIM], dtype)
         KV_LAYOUT: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
@@ -322,49 +333,63 @@ if GLUON:
         # key blocks this program visits: all of them, or (causal) up to its last row's diagonal
         kv_end = N_KV
         if CAUSAL:
-            kv_end = gl.minimum(m0 + 2 * HALF + N_KV - N_Q, N_KV)
+            kv_end = gl.minimum(m0 + CONSUMERS * HALF + N_KV - N_Q, N_KV)
         n_blocks = gl.cdiv(kv_end, BLOCK_N)
 
-        # Shared memory: Q (2 × 64 × d), the K and V rings (STAGES × BLOCK_N × d each), barriers.
-        q_smem = gl.allocate_shared_memory(dtype, [2, HALF, HEAD_DIM], Q_LAYOUT)
+        # Shared memory: Q (CONSUMERS × 64 × d), the K and V rings (STAGES × BLOCK_N × d each), barriers.
+        q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, HALF, HEAD_DIM], Q_LAYOUT)
         k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], KV_LAYOUT)
         v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], KV_LAYOUT)
-        q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        turn_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        q_bars = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+        turn_bars = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(2):
+        for i in gl.static_range(CONSUMERS):
             mbarrier.init(q_bars.index(i), count=1)
             mbarrier.init(turn_bars.index(i), count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(k_ready.index(i), count=1)  # the copy engine completes it
             mbarrier.init(v_ready.index(i), count=1)
-            mbarrier.init(k_empty.index(i), count=2)  # both consumers release a slot
-            mbarrier.init(v_empty.index(i), count=2)
+            mbarrier.init(k_empty.index(i), count=CONSUMERS)  # every consumer releases a slot
+            mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
         args = (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
                 v_ready, v_empty, turn_bars, LSE + bh.to(gl.int64) * N_Q, qk_scale, bh, m0, n_blocks,
                 N_Q, N_KV)
-        gl.warp_specialize([
-            # the default partition (this program's 4 warps), then the workers; the constexprs
-            # travel one by one (a tuple would turn them into values)
-            (_consumer0_partition, (args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY)),
-            (_consumer1_partition, (args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY)),
-            (_loader_partition, (args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY)),
-        ], [4, 1], [240, 24])  # warps and registers: consumer 1, loader
+        # The default partition (this program's 4 warps), then the workers; the constexprs travel
+        # one by one (a tuple would turn them into values). Registers per thread: the workers' are
+        # set here, the default partition gets the rest of MAXNREG × (number of warpgroups).
+        if CONSUMERS == 2:
+            gl.warp_specialize([
+                (_consumer0_partition, (args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY)),
+                (_consumer1_partition, (args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY)),
+                (_loader_partition, (args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY)),
+            ], [4, 1], [240, 24])  # 3 warpgroups × 168 = 240 + 240 + 24
+        else:
+            gl.warp_specialize([
+                (_consumer0_partition, (args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY)),
+                (_consumer1_partition, (args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY)),
+                (_consumer2_partition, (args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY)),
+                (_loader_partition, (args, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, PINGPONG, V_EARLY)),
+            ], [4, 4, 1], [160, 160, 24])  # 4 warpgroups × 128 = 168 + 160 + 160 + 24
     # fmt: on
 
 
-def worth_it(B: int, H: int, N: int, M: int, causal: bool) -> bool:
-    """Whether v4's larger host cost pays off: at least MIN_SCORES visible scores (B·H·N·M, halved
-    when causal). On the H200 a v4 call cost 50–100 µs more host time than a v2 call (NOTES.md,
-    run 8), as long as the kernel itself at d = 128, N = 1024, causal, where v2 stays faster."""
-    return B * H * N * M // (2 if causal else 1) >= MIN_SCORES
+def worth_it(B: int, H: int, N: int, M: int, d: int, causal: bool) -> bool:
+    """Whether flash_attention should run v4: d in MIN_SCORES and at least MIN_SCORES[d] visible
+    scores (B·H·N·M, halved when causal).
+
+    On the H200 a v4 call cost 50–100 µs more host time than a v2 call (NOTES.md, run 8), as long
+    as the kernel itself at d = 128, N = 1024, causal. At d = 64 v4 with three consumers measured
+    faster than v2 from 2^31 scores on and slower below (run 9), but the GPU test suite has not run
+    it yet, so d = 64 keeps v2."""
+    return d in MIN_SCORES and B * H * N * M // (2 if causal else 1) >= MIN_SCORES[d]
 
 
-MIN_SCORES = 2**28  # 2^27 (N = 1024, causal, B·H = 256) measured slower than v2; 2^28 faster
+# d = 128: 2^27 (N = 1024, causal, B·H = 256) measured slower than v2, 2^28 faster
+MIN_SCORES = {128: 2**28}
 
 
 @functools.cache
@@ -396,7 +421,8 @@ def forward(
     *,
     pingpong: bool = True,
     stages: int | None = None,
-    v_early: bool = False,
+    v_early: bool | None = None,
+    consumers: int | None = None,
 ):
     """q: (B, H, N, d), k, v: (B, H, M, d), contiguous, on sm_90 -> out (B, H, N, d), lse (B, H, N).
 
@@ -406,9 +432,11 @@ def forward(
     M = k.shape[2]
     o = torch.empty_like(q)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
-    block_n, default_stages = TILES[d]
+    block_n, default_stages, default_consumers, default_v_early = TILES[d]
+    consumers = consumers or default_consumers
+    v_early = default_v_early if v_early is None else v_early
     q_desc, k_desc, v_desc, o_desc = descriptors(q, k, v, o, block_n)
-    grid = (triton.cdiv(N, BLOCK_M), B * H)
+    grid = (triton.cdiv(N, 64 * consumers), B * H)
     _attn_fwd_ws[grid](
         q_desc,
         k_desc,
@@ -424,7 +452,8 @@ def forward(
         CAUSAL=bool(causal),
         PINGPONG=bool(pingpong),
         V_EARLY=bool(v_early),
+        CONSUMERS=consumers,
         num_warps=4,
-        maxnreg=MAXNREG,
+        maxnreg=MAXNREG[consumers],
     )
     return o, lse

@@ -1,10 +1,11 @@
 """v4's schedule knobs on a Hopper GPU (NOTES.md, run 7): correctness of each, then their speed.
 
-    python -m attnbook.kernels.probe_v4 check   # every knob against float64: out and L
-    python -m attnbook.kernels.probe_v4 time    # TFLOP/s of each knob beside v2 and cuDNN
+    python -m attnbook.kernels.probe_v4 check [d]   # every knob against float64: out and L
+    python -m attnbook.kernels.probe_v4 time [d]    # TFLOP/s of each knob beside v2 and cuDNN
 
 Knobs of :func:`attnbook.kernels.fused_attention_hopper.forward`: ``stages`` (slots of the K/V ring),
-``v_early`` (release a V slot right after its matmul, or one iteration later) and ``pingpong``.
+``v_early`` (release a V slot right after its matmul, or one iteration later), ``pingpong`` and
+``consumers`` (2 or 3 consumer warpgroups of 64 query rows each).
 bf16 timings at bench.py's shapes (B·N = 16384, H·d = 2048), do_bench medians (warmup 25, rep 100).
 """
 
@@ -17,7 +18,7 @@ import torch
 
 KNOBS = {
     128: [dict(stages=s, v_early=e) for s in (2, 3) for e in (False, True)],
-    64: [dict(stages=s, v_early=e) for s in (3, 4) for e in (False, True)],
+    64: [dict(stages=s, v_early=e, consumers=c) for c in (2, 3) for s in (3, 4) for e in (False, True)],
 }
 CHECK_SHAPES = [  # B, H, N, M, d, causal: ragged, N != M both ways, one key, long
     (2, 3, 128, 128, 128, True),
@@ -41,12 +42,20 @@ def reference(q, k, v, causal, scale):
     return torch.softmax(s, -1) @ v.double(), torch.logsumexp(s, -1)
 
 
-def check() -> int:
+def label(knobs: dict) -> str:
+    """s3d: 3 stages, V released one iteration late (e: early); c3: three consumer warpgroups."""
+    name = f"s{knobs['stages']}{'e' if knobs['v_early'] else 'd'}"
+    return name + ("c3" if knobs.get("consumers") == 3 else "")
+
+
+def check(head_dims=(128, 64)) -> int:
     from attnbook.kernels import fused_attention_hopper as hopper
 
     failures = 0
     for dtype in (torch.bfloat16, torch.float16):
         for B, H, N, M, d, causal in CHECK_SHAPES:
+            if d not in head_dims:
+                continue
             q, k, v = (torch.randn(B, H, n, d, device="cuda", dtype=dtype) for n in (N, M, M))
             ref, lse_ref = reference(q, k, v, causal, d**-0.5)
             for knobs in KNOBS[d]:
@@ -65,7 +74,7 @@ def check() -> int:
     return int(failures > 0)
 
 
-def time_knobs() -> int:
+def time_knobs(head_dims=(128, 64)) -> int:
     from triton.testing import do_bench
 
     from attnbook.kernels import flash_attention, launch
@@ -73,18 +82,15 @@ def time_knobs() -> int:
     from attnbook.kernels.bench import _sdpa
 
     os.environ["ATTNBOOK_AUTOTUNE"] = "1"
-    for d in (128, 64):
+    for d in head_dims:
         for N in (1024, 4096, 16384):
             for causal in (False, True):
                 B, H = max(1, 16384 // N), 2048 // d
                 q, k, v = (torch.randn(B, H, N, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
                 flops = 4 * B * H * N * N * d / (2 if causal else 1)
-                calls = {
-                    f"s{kn['stages']}{'e' if kn['v_early'] else 'd'}": (
-                        lambda kn=kn: hopper.forward(q, k, v, causal, d**-0.5, **kn)
-                    )
-                    for kn in KNOBS[d]
-                }
+                calls = {}
+                for kn in KNOBS[d]:
+                    calls[label(kn)] = lambda kn=kn: hopper.forward(q, k, v, causal, d**-0.5, **kn)
                 calls["nopp"] = lambda: hopper.forward(q, k, v, causal, d**-0.5, pingpong=False)
 
                 def v2():
@@ -105,4 +111,5 @@ def time_knobs() -> int:
 
 if __name__ == "__main__":
     part = sys.argv[1] if len(sys.argv) > 1 else "check"
-    sys.exit(check() if part == "check" else time_knobs())
+    dims = tuple(int(a) for a in sys.argv[2:]) or (128, 64)
+    sys.exit(check(dims) if part == "check" else time_knobs(dims))
