@@ -77,9 +77,8 @@ def check(head_dims=(128, 64)) -> int:
 def time_knobs(head_dims=(128, 64)) -> int:
     from triton.testing import do_bench
 
-    from attnbook.kernels import flash_attention, launch
     from attnbook.kernels import fused_attention_hopper as hopper
-    from attnbook.kernels.bench import _sdpa
+    from attnbook.kernels.bench import make_impls
 
     os.environ["ATTNBOOK_AUTOTUNE"] = "1"
     for d in head_dims:
@@ -92,17 +91,9 @@ def time_knobs(head_dims=(128, 64)) -> int:
                 for kn in KNOBS[d]:
                     calls[label(kn)] = lambda kn=kn: hopper.forward(q, k, v, causal, d**-0.5, **kn)
                 calls["nopp"] = lambda: hopper.forward(q, k, v, causal, d**-0.5, pingpong=False)
-
-                def v2():
-                    saved, launch.USE_WARP_SPECIALIZED = launch.USE_WARP_SPECIALIZED, False
-                    try:
-                        return flash_attention(q, k, v, causal=causal)
-                    finally:
-                        launch.USE_WARP_SPECIALIZED = saved
-
-                calls["v2"] = v2
-                cudnn = _sdpa("CUDNN_ATTENTION", causal)
-                calls["cudnn"] = lambda cudnn=cudnn: cudnn(q, k, v)
+                peers = make_impls(causal, N, ["ours_v2", "cudnn"], None)  # flash_attention with v2; cuDNN
+                calls["v2"] = lambda f=peers["ours_v2"]: f(q, k, v)
+                calls["cudnn"] = lambda f=peers["cudnn"]: f(q, k, v)
                 tflops = {name: flops / do_bench(fn, warmup=25, rep=100) / 1e9 for name, fn in calls.items()}
                 line = " ".join(f"{n}={t:5.0f}" for n, t in tflops.items())
                 print(f"d={d} N={N:5d} causal={causal:d}: {line}", flush=True)
