@@ -395,6 +395,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Vision-aware heads",
         mechanism="head divergence with and without context",
         paper="VHD/VHR 2024; Imbalanced Attention 2025",
+        status="draft",
+        checks=("ch14.attention_weights",),
         bib_keys=("he2024cracking", "arif2025fixing"),
     ),
     Chapter(
@@ -403,6 +405,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Attention versus saliency",
         mechanism="cross-attention vs gradient saliency",
         paper="Cross-Attention is Half Explanation 2025",
+        status="draft",
+        checks=("ch15.attention_weights",),
         bib_keys=("papi2025crossattention",),
     ),
     Chapter(
@@ -411,6 +415,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Head perturbation guidance",
         mechanism="perturb selected heads toward identity",
         paper="HeadHunter / SoftPAG 2025",
+        status="draft",
+        checks=("ch16.attention_weights",),
         bib_keys=("ahn2025finegrained",),
     ),
     Chapter(
