@@ -412,48 +412,21 @@ def descriptors(q, k, v, o, block_n: int):
     return desc(q, 64), desc(k, block_n), desc(v, block_n), desc(o, 64)
 
 
-def forward(
-    q,
-    k,
-    v,
-    causal: bool,
-    scale: float,
-    *,
-    pingpong: bool = True,
-    stages: int | None = None,
-    v_early: bool | None = None,
-    consumers: int | None = None,
-):
+def forward(q, k, v, causal: bool, scale: float, *, pingpong=True, stages=None, v_early=None, consumers=None):
     """q: (B, H, N, d), k, v: (B, H, M, d), contiguous, on sm_90 -> out (B, H, N, d), lse (B, H, N).
 
-    Call only where :func:`available` is True (flash_attention does).
+    Call only where :func:`available` is True (flash_attention does). The keyword knobs default to
+    TILES[d]: ``pingpong`` (consumers take turns), ``stages`` (K/V ring slots), ``v_early`` (release
+    a V slot right after its matmul), ``consumers`` (2 or 3 warpgroups of 64 query rows).
     """
     B, H, N, d = q.shape
-    M = k.shape[2]
     o = torch.empty_like(q)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     block_n, default_stages, default_consumers, default_v_early = TILES[d]
     consumers = consumers or default_consumers
-    v_early = default_v_early if v_early is None else v_early
-    q_desc, k_desc, v_desc, o_desc = descriptors(q, k, v, o, block_n)
+    meta = dict(HEAD_DIM=d, BLOCK_N=block_n, STAGES=stages or default_stages, CAUSAL=bool(causal))
+    meta.update(PINGPONG=bool(pingpong), V_EARLY=bool(default_v_early if v_early is None else v_early))
+    meta.update(CONSUMERS=consumers, num_warps=4, maxnreg=MAXNREG[consumers])
     grid = (triton.cdiv(N, 64 * consumers), B * H)
-    _attn_fwd_ws[grid](
-        q_desc,
-        k_desc,
-        v_desc,
-        o_desc,
-        lse,
-        scale * LOG2E,
-        N,
-        M,
-        HEAD_DIM=d,
-        BLOCK_N=block_n,
-        STAGES=stages or default_stages,
-        CAUSAL=bool(causal),
-        PINGPONG=bool(pingpong),
-        V_EARLY=bool(v_early),
-        CONSUMERS=consumers,
-        num_warps=4,
-        maxnreg=MAXNREG[consumers],
-    )
+    _attn_fwd_ws[grid](*descriptors(q, k, v, o, block_n), lse, scale * LOG2E, N, k.shape[2], **meta)
     return o, lse

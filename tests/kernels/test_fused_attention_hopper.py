@@ -133,3 +133,36 @@ def test_v4_is_bitwise_repeatable():
     first = hopper.forward(q, k, v, True, 0.1)
     second = hopper.forward(q, k, v, True, 0.1)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.skipif(not hopper.GLUON, reason="needs Triton's Gluon")
+def test_forward_hands_the_kernel_its_descriptors_and_tiles(monkeypatch):
+    """Without a GPU: the host side of v4, up to the launch (grid, descriptor blocks, constexprs)."""
+    launched = {}
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched.update(grid=grid, args=args, kwargs=kwargs)
+
+    monkeypatch.setattr(hopper, "_attn_fwd_ws", Recorder())
+    q, k = torch.zeros(2, 3, 300, 128, dtype=torch.bfloat16), torch.zeros(2, 3, 77, 128, dtype=torch.bfloat16)
+    hopper.forward(q, k, k, True, 0.1)
+    assert launched["grid"] == (3, 6)  # cdiv(300, 128) programs of 2 × 64 rows, B·H = 6
+    descs = launched["args"][:4]  # q, k, v, o: (B·H, rows, d) in blocks of (1, rows of a block, d)
+    assert [tuple(t.shape) for t in descs] == [(6, 300, 128), (6, 77, 128), (6, 77, 128), (6, 300, 128)]
+    assert [t.block_shape for t in descs] == [[1, 64, 128], [1, 128, 128], [1, 128, 128], [1, 64, 128]]
+    assert launched["args"][5:] == (pytest.approx(0.1 * launch.LOG2E), 300, 77)
+    assert launched["kwargs"] == dict(
+        HEAD_DIM=128,
+        BLOCK_N=128,
+        STAGES=3,
+        CAUSAL=True,
+        PINGPONG=True,
+        V_EARLY=False,
+        CONSUMERS=2,
+        num_warps=4,
+        maxnreg=168,
+    )
+    q, k = torch.zeros(2, 3, 300, 64, dtype=torch.bfloat16), torch.zeros(2, 3, 77, 64, dtype=torch.bfloat16)
+    hopper.forward(q, k, k, False, 0.1, consumers=3, stages=4)
+    assert launched["grid"] == (2, 6) and launched["kwargs"]["maxnreg"] == 128  # 3 × 64 rows per program
