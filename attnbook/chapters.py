@@ -396,7 +396,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="head divergence with and without context",
         paper="VHD/VHR 2024; Imbalanced Attention 2025",
         status="draft",
-        checks=("ch14.attention_weights",),
+        checks=("ch14.vhd", "ch14.select_vision_heads", "ch14.chair_i", "ch14.vhr_step"),
         bib_keys=("he2024cracking", "arif2025fixing"),
     ),
     Chapter(
@@ -406,7 +406,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="cross-attention vs gradient saliency",
         paper="Cross-Attention is Half Explanation 2025",
         status="draft",
-        checks=("ch15.attention_weights",),
+        checks=("ch15.aggregate_ca", "ch15.reduce_saliency", "ch15.occlusion_saliency", "ch15.pearson_flat"),
         bib_keys=("papi2025crossattention",),
     ),
     Chapter(
@@ -416,7 +416,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="perturb selected heads toward identity",
         paper="HeadHunter / SoftPAG 2025",
         status="draft",
-        checks=("ch16.attention_weights",),
+        checks=("ch16.softpag_attention", "ch16.guided_eps", "ch16.headhunter_step", "ch16.ddim_step"),
         bib_keys=("ahn2025finegrained",),
     ),
     Chapter(

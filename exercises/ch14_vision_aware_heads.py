@@ -1,4 +1,4 @@
-"""Chapter 14 exercises: Vision-aware heads.
+"""Chapter 14 exercises: vision-aware head divergence (VHD), head selection, VHR and CHAIR_i.
 
 Fill in each function, then grade your work from the repository's root with
 
@@ -6,21 +6,98 @@ Fill in each function, then grade your work from the repository's root with
 
 or, in a notebook, ``check("ch14.<function name>", your_function)`` from attnbook.grading.
 Use only torch; do not import attnbook.mechanisms.vision_aware_heads (it solves these).
-
-SCAFFOLD: attention_weights is an example of the form; replace it with the chapter's exercises.
 """
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
-def attention_weights(q: Tensor, k: Tensor) -> Tensor:
-    """The attention weights of one head: softmax(q k^T / sqrt(d)) over the keys.
+def vhd(a_img: Tensor, v_img: Tensor, a_txt: Tensor, v_txt: Tensor, metric: str = "l2") -> Tensor:
+    """★ (10 min) The vision-aware head divergence of every head, for the token being generated.
+
+    Each branch gives the attention weights of the last query (the token being generated) and the
+    values of every head; its head output is z_h = sum_j a_hj v_hj (before W_O). The image branch
+    sees the image tokens; the text-only branch does not (its sequence may be shorter).
 
     Args:
-        q: (..., N, d) queries, float32 or float64.
-        k: (..., M, d) keys, same dtype and leading dims.
+        a_img: (B, H, M1) weights of the last query with the image; each row sums to 1.
+        v_img: (B, H, M1, d) values with the image.
+        a_txt: (B, H, M2) weights without the image.
+        v_txt: (B, H, M2, d) values without the image. All four share one float dtype
+            (float16, float32 or float64).
+        metric: "l2" for the Euclidean distance ||z_img - z_txt||_2 over d, or "cos" for
+            1 - cosine similarity of the two head outputs.
 
     Returns:
-        (..., N, M) weights in q's dtype; each row (one query) sums to 1.
+        (B, H) divergences: float32 for float16 inputs (compute in float32: a float16 squared
+        distance overflows at 65504), otherwise the inputs' dtype. Identical branches give 0.
     """
-    raise NotImplementedError("ch14.attention_weights")
+    raise NotImplementedError("ch14.vhd")
+
+
+def select_vision_heads(v: Tensor, outlier_std: float = 1.0) -> Tensor:
+    """★★ (15 min) The heads VHR reinforces in one layer, for each row of v separately.
+
+    A head is selected when it is not a "surge" outlier, VHD <= mean + outlier_std * std,
+    and its VHD is strictly above the median of the row. mean, std (with Bessel's correction,
+    torch.std's default) and median are taken over the H heads of the same row. With H = 1
+    nothing is selected.
+
+    Args:
+        v: (B, H) VHD of the H heads of one layer, B rows (tokens or sequences); float dtype.
+        outlier_std: the number of standard deviations above the mean that marks an outlier.
+
+    Returns:
+        (B, H) bool, True for the selected heads.
+    """
+    raise NotImplementedError("ch14.select_vision_heads")
+
+
+def chair_i(objects: Tensor, present: Tensor) -> float:
+    """★ (10 min) CHAIR_i: the share of mentioned objects that are not in the image.
+
+    Each caption b mentions a SET of objects M_b (naming an object twice counts once);
+    CHAIR_i = sum_b |M_b minus present_b| / sum_b |M_b| over all captions together; 0.0 when
+    no caption mentions any object.
+
+    Args:
+        objects: (B, T) int64, the object id each caption token names, or -1 for a token that
+            names no object.
+        present: (B, n_objects) bool, True when object o is in image b.
+
+    Returns:
+        a Python float in [0, 1].
+    """
+    raise NotImplementedError("ch14.chair_i")
+
+
+def vhr_step(model: nn.Module, tokens_img: Tensor, tokens_txt: Tensor, alpha: float) -> Tensor:
+    """★★★ (35 min) One step of vision-aware head reinforcement, layer by layer.
+
+    model is an attnbook TinyTransformer: x = model.embed(tokens) + model.pos.weight[:N], then
+    each block of model.blocks, then model.readout(model.norm(x)). A block computes
+    x + attn(LN(x)) (+ MLP) and its attention layer block.attn (a MultiHeadAttention) applies
+    block.attn.head_transform, when it is set, to the head outputs z (B, H, N, d) before W_O;
+    block(x, return_intermediates=True) returns (x, record) with record.heads = z.
+
+    For each layer l in order:
+      1. run block l on the text-only branch (no reinforcement) and keep its head outputs at
+         the LAST position, o_txt (B, H, d);
+      2. run block l on the image branch with a head_transform that takes the head outputs at
+         the last position o_img, computes v = ||o_img - o_txt||_2 (B, H), selects heads with
+         your select_vision_heads(v) rule (outlier_std = 1), and multiplies the selected heads'
+         last-position outputs by alpha (all other positions and heads unchanged);
+    so the VHD of layer l is measured on an image branch that already carries the
+    reinforcements of layers < l. Restore every head_transform you set. Make your head_transform
+    a small nn.Module (a forward(z) method): once that slot has held a module, torch refuses a
+    plain function there.
+
+    Args:
+        model: a TinyTransformer in eval mode (float64 in the checks).
+        tokens_img: (B, N1) int64 token ids of the prompt with the image.
+        tokens_txt: (B, N2) int64 token ids of the prompt without it (same last token).
+        alpha: the factor of the selected heads; alpha = 1 gives the base model.
+
+    Returns:
+        (B, V) the logits of the image branch at its last position.
+    """
+    raise NotImplementedError("ch14.vhr_step")

@@ -1,11 +1,39 @@
-"""Chapter 16 solutions: Head perturbation guidance.
+"""Chapter 16 solutions: Head perturbation guidance."""
 
-SCAFFOLD: the chapter is a draft; a function raises NotImplementedError until it is solved
-(`attnbook grade 16 --solutions` fails it, as CI will once the chapter is written).
-"""
+import math
+from collections.abc import Callable, Hashable, Sequence
 
+import torch
 from torch import Tensor
 
 
-def attention_weights(q: Tensor, k: Tensor) -> Tensor:
-    raise NotImplementedError("ch16.attention_weights")
+def softpag_attention(q: Tensor, k: Tensor, v: Tensor, u: Tensor) -> Tensor:
+    # A_h = softmax(q_h k_h^T / sqrt(d)) over the keys
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (B, H, N, N)
+    eye = torch.eye(q.shape[-2], dtype=q.dtype, device=q.device)  # (N, N)
+    u = u[:, None, None]  # (H, 1, 1)
+    # A^soft_h = (1 - u_h) A_h + u_h I
+    return ((1 - u) * weights + u * eye) @ v  # (B, H, N, d)
+
+
+def guided_eps(eps: Tensor, eps_pert: Tensor, w: float) -> Tensor:
+    # ε̂ = ε + w (ε - ε̃)
+    return eps + w * (eps - eps_pert)
+
+
+def headhunter_step(
+    candidates: Sequence[Hashable], selected: Sequence[Hashable], evaluate: Callable[[list], float], k: int
+) -> list:
+    selected = list(selected)
+    pool = [c for c in candidates if c not in selected]
+    scores = [evaluate(selected + [c]) for c in pool]
+    # descending score; sorted() is stable, so ties keep the listed order
+    order = sorted(range(len(pool)), key=lambda i: -scores[i])
+    return selected + [pool[i] for i in order[:k]]
+
+
+def ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t: float, alpha_bar_next: float) -> Tensor:
+    # x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t)
+    x0 = (x_t - math.sqrt(1 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
+    # x_{t'} = sqrt(ᾱ_{t'}) x̂_0 + sqrt(1 - ᾱ_{t'}) ε
+    return math.sqrt(alpha_bar_next) * x0 + math.sqrt(1 - alpha_bar_next) * eps

@@ -11,7 +11,9 @@ from .permutation_invariant import SetRegression, permutation_invariant_task
 from .radiographs import Radiographs, radiographs
 from .shape_patches import SHAPE_NAMES, ShapePatches, shape_patches
 from .shortcut_bags import MILBags, shortcut_bags, shortcut_patterns
+from .spoken_symbols import SpokenBatch, spoken_symbols
 from .task_prompts import TASK_NAMES, TaskPrompts, task_prompts
+from .template_images import TEMPLATE_NAMES, TemplateImages, nearest_prototype, template_images
 from .two_key_recall import TwoKeyBatch, two_key_recall
 from .typed_copy import TypedCopyBatch, typed_copy
 
@@ -48,4 +50,10 @@ __all__ = [
     "SHAPE_NAMES",
     "ShapePatches",
     "shape_patches",  # ch. 11
+    "SpokenBatch",
+    "spoken_symbols",  # ch. 15
+    "TEMPLATE_NAMES",
+    "TemplateImages",
+    "nearest_prototype",
+    "template_images",  # ch. 16
 ]
