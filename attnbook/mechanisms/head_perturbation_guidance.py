@@ -272,14 +272,14 @@ def headhunter(
 
 
 def cosine_alpha_bar(T: int, s: float = 0.008, *, dtype=torch.float64) -> Tensor:
-    """ᾱ_t of the cosine schedule at t = 0 … T, clipped to keep ᾱ_T > 0.
+    """Γ_t of the cosine schedule at t = 0 … T, clipped to keep Γ_T > 0.
 
     Returns:
-        (T + 1,) decreasing from ᾱ_0 = 1, with ᾱ_t = cos²((t/T + s)/(1 + s) · π/2) / cos²(s/(1+s) · π/2).
+        (T + 1,) decreasing from Γ_0 = 1, with Γ_t = cos²((t/T + s)/(1 + s) · π/2) / cos²(s/(1+s) · π/2).
     """
     T = require_int(T, "T", minimum=1)
     t = torch.arange(T + 1, dtype=torch.float64, device="cpu") / T
-    # ᾱ_t = f(t) / f(0),  f(t) = cos²((t + s)/(1 + s) · π/2)
+    # Γ_t = f(t) / f(0),  f(t) = cos²((t + s)/(1 + s) · π/2)
     f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
     return (f / f[0]).clamp(min=1e-4).to(dtype)
 
@@ -297,10 +297,10 @@ def ddim_sample(
     Args:
         eps_fn: eps_fn(x, t) -> (B, ...) the (guided) noise prediction; t is a (B,) long tensor.
         x_T: (B, ...) the starting noise.
-        alpha_bar: (T + 1,) ᾱ_t, ᾱ_0 = 1 (e.g. :func:`cosine_alpha_bar`).
+        alpha_bar: (T + 1,) Γ_t, Γ_0 = 1 (e.g. :func:`cosine_alpha_bar`).
         steps: the number of denoising steps, 1 <= steps <= T.
         clip: when given, x̂_0 is clamped to [-clip, clip] (the data's range) at every step;
-            near t = T, where sqrt(ᾱ_t) is small, this keeps an imperfect ε from blowing x̂_0 up.
+            near t = T, where sqrt(Γ_t) is small, this keeps an imperfect ε from blowing x̂_0 up.
     Returns:
         (B, ...) x_0 in x_T's dtype.
     """
@@ -319,12 +319,12 @@ def ddim_sample(
     x = x_T
     for t, t_next in zip(times[:-1], times[1:]):
         eps = eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
-        # x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t)
+        # x̂_0 = (x_t - sqrt(1 - Γ_t) ε) / sqrt(Γ_t)
         x0 = (x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()
         if clip is not None:
             x0 = x0.clamp(-clip, clip)
-            # the ε consistent with the clamped x̂_0: ε = (x_t - sqrt(ᾱ_t) x̂_0) / sqrt(1 - ᾱ_t)
+            # the ε consistent with the clamped x̂_0: ε = (x_t - sqrt(Γ_t) x̂_0) / sqrt(1 - Γ_t)
             eps = (x - ab[t].sqrt() * x0) / (1 - ab[t]).sqrt()
-        # x_{t'} = sqrt(ᾱ_{t'}) x̂_0 + sqrt(1 - ᾱ_{t'}) ε
+        # x_{t'} = sqrt(Γ_{t'}) x̂_0 + sqrt(1 - Γ_{t'}) ε
         x = ab[t_next].sqrt() * x0 + (1 - ab[t_next]).sqrt() * eps
     return x

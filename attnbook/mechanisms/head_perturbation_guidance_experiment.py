@@ -110,7 +110,7 @@ class TinyDenoiser(nn.Module):
 def train_denoiser(
     seed: int, *, steps: int = 800, batch_size: int = 64, lr: float = 2e-3, T: int = T_STEPS, **sizes
 ) -> TinyDenoiser:
-    """Train a :class:`TinyDenoiser` by ε-prediction: E ‖ε_θ(sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε, t) - ε‖².
+    """Train a :class:`TinyDenoiser` by ε-prediction: E ‖ε_θ(sqrt(Γ_t) x_0 + sqrt(1 - Γ_t) ε, t) - ε‖².
 
     ``seed`` fixes the initial weights, the images, the times and the noise. Returns it in eval mode.
     """
@@ -125,7 +125,7 @@ def train_denoiser(
         t = torch.randint(1, T + 1, (batch_size,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
         a = alpha_bar[t][:, None, None]
-        # x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε
+        # x_t = sqrt(Γ_t) x_0 + sqrt(1 - Γ_t) ε
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
         loss = ((model(x_t, t) - eps) ** 2).mean()
         opt.zero_grad()

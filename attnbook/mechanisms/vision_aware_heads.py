@@ -2,34 +2,37 @@ r"""Chapter 14 · Vision-aware heads: head divergence with and without the image
 
 Chapter 00's sum-over-heads form, at the position t that generates the next token, layer l:
 
-    x_{l+1/2} = x_l + Σ_h z_{l,h} W_O^{l,h} + b_O,   z_{l,h} = A_{l,h} V_{l,h}  ∈ R^d   (the head output)
+    x_{l+1/2} = x_l + Σ_h o_{lh} W_O^{lh} + b_O,   o_{lh} = Σ_j A_{lh,tj} v_{lh,j} ∈ R^{d_v} (head output)
 
 **Vision-aware head divergence** (He et al., 2025) compares one head's output on two inputs that
 differ only by the image: the full prompt (image tokens + text) and the text-only prompt,
 
-    VHD_{l,h} = dist( z_{l,h}(y_t | y_<t, image, text),  z_{l,h}(y_t | y_<t, text) ).
+    VHD_{lh} = dist( o_{lh}(y_t | y_<t, image, text),  o_{lh}(y_t | y_<t, text) ).
 
 A head whose output does not move when the image goes away does not read the image.
-**T-VHD**, a token's visual reliance, is the mean of the k largest VHD over all (l, h).
+The paper's T-VHD, a token's visual reliance, is the mean of the k largest VHD over all (l, h)
+(:func:`token_vhd`; the chapter does not use it).
 
 **Vision-aware head reinforcement** (VHR) is training-free: at each generated token, layer by
 layer, it selects the heads of layer l whose VHD is above the layer's median (after dropping
-"surge" outliers above mean + std) and multiplies their outputs by α before W_O,
+"surge" outliers above mean + std) and multiplies their outputs by g_VHR (the paper's α, the
+argument ``alpha`` here) before W_O,
 
-    z_{l,h} ← s_{l,h} z_{l,h},   s_{l,h} = α if selected else 1,
+    o_{lh} ← g_{lh} o_{lh},   g_{lh} = g_VHR if selected else 1,
 
-which is the same as scaling W_O's block of rows W_O^{l,h} by s_{l,h}. The VHD of layer l is
+which is the same as scaling W_O's block of rows W_O^{lh} by g_{lh}. The VHD of layer l is
 measured on the image branch *after* layers < l were reinforced, so the selection follows the
-residual stream it acts on (a one-shot selection from unmodified passes differs once α ≠ 1).
+residual stream it acts on (a one-shot selection from unmodified passes differs once g_VHR ≠ 1).
 The scaling plugs into :class:`~attnbook.attention.MultiHeadAttention` as its ``head_transform``;
 the divergences are read from ``Intermediates.heads``.
 
 The book's reading, where the paper's text leaves details open:
 - dist is the Euclidean norm (``"l2"``) or one minus the cosine similarity (``"cos"``), on the
-  head outputs z before W_O (so VHD does not depend on W_O);
+  head outputs o before W_O (so VHD does not depend on W_O);
 - the outlier filter uses mean + std of the layer's H values, std with Bessel's correction
-  (torch's default), and the median is over all H heads of the layer; both filters are strict
-  (selected: VHD ≤ mean + std and VHD > median), so with H = 1 nothing is selected;
+  (torch's default), and the median is over all H heads of the layer; the median test is strict
+  and the outlier ceiling inclusive (selected: VHD ≤ mean + std and VHD > median), so with H = 1
+  nothing is selected;
 - the text-only branch is the unmodified model; only the image branch is reinforced;
 - the models here have no cache: each step re-runs the prefix and reinforces the last position
   only (the earlier positions keep the base model's keys and values);
@@ -71,9 +74,9 @@ def head_divergence(o_img: Tensor, o_txt: Tensor, metric: str = "l2") -> Tensor:
     r"""VHD: the distance between each head's output with and without the image.
 
     Args:
-        o_img: (..., H, d) head outputs z_h (before W_O) on the prompt with the image.
+        o_img: (..., H, d) head outputs o_h (before W_O) on the prompt with the image.
         o_txt: (..., H, d) the same heads on the text-only prompt; same shape, dtype, device.
-        metric: ``"l2"``: ||z_img - z_txt||_2; ``"cos"``: 1 - cos(z_img, z_txt) (a zero vector has
+        metric: ``"l2"``: ||o_img - o_txt||_2; ``"cos"``: 1 - cos(o_img, o_txt) (a zero vector has
             cosine 0, as in torch.nn.functional.cosine_similarity).
     Returns:
         (..., H) divergences, float32 for float16/bfloat16 inputs, else the inputs' dtype.
@@ -90,7 +93,7 @@ def head_divergence(o_img: Tensor, o_txt: Tensor, metric: str = "l2") -> Tensor:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     a, b = o_img.to(_work_dtype(o_img.dtype)), o_txt.to(_work_dtype(o_txt.dtype))
     if metric == "l2":
-        # VHD_h = || z_h(img) - z_h(txt) ||_2
+        # VHD_h = || o_h(img) - o_h(txt) ||_2
         return (a - b).norm(dim=-1)  # (..., H)
     # VHD_h = 1 - <a, b> / (max(|a|, eps) max(|b|, eps))
     return 1.0 - torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8)  # (..., H)
@@ -139,7 +142,7 @@ def select_vision_heads(v: Tensor, outlier_std: float = 1.0) -> Tensor:
 class HeadScaling(nn.Module):
     r"""A ``head_transform`` that multiplies the head outputs of the LAST position by per-head scales.
 
-    z_{h,N-1} ← s_h z_{h,N-1}; the other positions pass unchanged. ``scales`` is (B, H) or None
+    o_{h,N-1} ← g_h o_{h,N-1}; the other positions pass unchanged. ``scales`` is (B, H) or None
     (then the layer is the base layer).
     """
 
@@ -185,7 +188,7 @@ def _embed(model: nn.Module, tokens: Tensor) -> Tensor:
 
 
 class _Reinforce(nn.Module):
-    """The ``head_transform`` of one VHR layer: VHD against the text branch, select, scale by α.
+    """The ``head_transform`` of one VHR layer: VHD against the text branch, select, scale by g_VHR.
 
     A module, not a closure: once a layer's ``head_transform`` has held a module, torch accepts
     only a module (or None) in that slot.
@@ -197,13 +200,13 @@ class _Reinforce(nn.Module):
         self.vhds, self.sel = vhds, sel
 
     def forward(self, z: Tensor) -> Tensor:
-        """z (B, H, N, d) -> (B, H, N, d), the selected heads' last position times α."""
+        """z (B, H, N, d) -> (B, H, N, d), the selected heads' last position times g_VHR."""
         # VHD_{l,h} on this layer's (already-reinforced) image branch, at the last position
         v = head_divergence(z[:, :, -1, :], self.o_txt.to(z.dtype), self.metric)  # (B, H)
         keep = select_vision_heads(v, self.outlier_std)  # (B, H)
         self.vhds.append(v)
         self.sel.append(keep)
-        # s_{l,h} = α on the selected heads, 1 elsewhere
+        # g_{lh} = g_VHR on the selected heads, 1 elsewhere
         scales = torch.where(keep, torch.full_like(v, self.alpha), torch.ones_like(v))  # (B, H)
         return HeadScaling(scales)(z)
 
@@ -221,14 +224,14 @@ def vhr_step(
 
     For l = 0 ... L-1: run block l on the text-only branch (base model) and read its last-position
     head outputs; run block l on the image branch with a ``head_transform`` that measures VHD
-    against them, selects heads (:func:`select_vision_heads`) and scales them by α, all at the
+    against them, selects heads (:func:`select_vision_heads`) and scales them by g_VHR, all at the
     last position. Layer l's VHD thus sees the reinforcements of layers < l.
 
     Args:
         model: a :class:`~attnbook.models.TinyTransformer` with MultiHeadAttention blocks.
         tokens_img: (B, N1) token ids of the prompt with the image.
         tokens_txt: (B, N2) token ids without the image; the last positions are the same token.
-        alpha: the factor α of the selected heads (1 gives the base model exactly).
+        alpha: the factor g_VHR of the selected heads (1 gives the base model exactly).
         metric, outlier_std: as in :func:`head_divergence` and :func:`select_vision_heads`.
     Returns:
         logits (B, V) at the last position of the image branch, vhd (B, L, H) and selected
@@ -272,7 +275,7 @@ def vhr_generate(
 
     Args:
         tokens_img, tokens_txt: (B, N1), (B, N2) the two prompts.
-        alpha: the reinforcement α (1: the base model's greedy output).
+        alpha: the reinforcement g_VHR (1: the base model's greedy output).
         max_new: the number of tokens to generate.
     Returns:
         (B, max_new) int64 generated ids (decoding does not stop at an end token).
@@ -304,9 +307,9 @@ def caption_objects(gen: Tensor, vocab) -> Tensor:
 
 
 def chair_i(objects: Tensor, present: Tensor) -> float:
-    r"""CHAIR_i: the share of mentioned objects that are not in the image, over all captions.
+    r"""CHAIR_I: the share of mentioned objects that are not in the image, over all captions.
 
-    CHAIR_i = Σ_b |M_b ∖ P_b| / Σ_b |M_b|, with M_b the SET of objects caption b mentions (an object
+    CHAIR_I = Σ_b |C_b ∖ P_b| / Σ_b |C_b|, with C_b the SET of objects caption b mentions (an object
     named twice counts once) and P_b the objects present in image b; 0 when nothing is mentioned.
 
     Args:
@@ -326,10 +329,10 @@ def chair_i(objects: Tensor, present: Tensor) -> float:
     n_obj = present.shape[1]
     if ((objects < -1) | (objects >= n_obj)).any():
         raise ValueError(f"objects must be -1 or an id in [0, {n_obj}), got values outside")
-    # M_b as a (B, n_objects) indicator: scatter the mentions into one extra column for -1
+    # C_b as a (B, n_objects) indicator: scatter the mentions into one extra column for -1
     mentioned = torch.zeros(objects.shape[0], n_obj + 1, dtype=torch.bool, device=objects.device)
     mentioned.scatter_(1, torch.where(objects < 0, n_obj, objects), True)
     mentioned = mentioned[:, :n_obj]  # (B, n_objects)
     total = int(mentioned.sum())
-    # Σ_b |M_b ∖ P_b| / Σ_b |M_b|
+    # Σ_b |C_b ∖ P_b| / Σ_b |C_b|
     return float((mentioned & ~present).sum()) / total if total else 0.0

@@ -36,6 +36,22 @@ def _tol(dtype):
     return 1e-5 if dtype == torch.float32 else 1e-12
 
 
+def test_random_block_masks_hide_whole_blocks_independently():
+    masks = random_block_masks(
+        4000, 7, 10, pi_occ=0.3, block=(2, 4), generator=torch.Generator().manual_seed(0)
+    )
+    assert masks.shape == (4000, 7, 10) and masks.dtype == torch.bool
+    # every block, including the cut-short ones at the edges, is all hidden or all visible
+    for t0, f0 in itertools.product(range(0, 7, 2), range(0, 10, 4)):
+        cells = masks[:, t0 : t0 + 2, f0 : f0 + 4].flatten(1)
+        assert torch.equal(cells.all(1), cells.any(1))
+    # blocks are hidden with probability π_occ, independently: 4000 draws, 5 standard errors
+    corners = masks[:, ::2, ::4].flatten(1).double()  # (4000, 12): one cell per block
+    assert (corners.mean(0) - 0.3).abs().max() < 5 * (0.3 * 0.7 / 4000) ** 0.5
+    both = (corners[:, 0] * corners[:, 1]).mean()
+    assert abs(both - 0.09) < 5 * (0.09 * 0.91 / 4000) ** 0.5
+
+
 def test_the_public_names_are_documented():
     assert mechanism.__all__, f"{CHAPTER.mechanism_path} exports nothing"
     for name in mechanism.__all__:
@@ -101,12 +117,12 @@ def test_reduce_saliency_order_matters_with_a_mean():
 
 
 def _linear_model(a: torch.Tensor):
-    """p(x) = [1, 0] and KL(p(x) ‖ p(x ⊙ occ)) = Σ_c a_c occ_c exactly (a_c = w_c x_c >= 0)."""
+    """ŷ(x) = [1, 0] and KL(ŷ(x) ‖ ŷ(x ⊙ occ)) = Σ_u φ_u occ_u exactly over cells u (φ = a >= 0)."""
     I = a.shape[0]
     x = torch.ones(a.shape[1:], dtype=a.dtype)
 
     def f(xb):
-        # q_0 = exp(w·x' - w·x) with w = a (x = 1): -log q_0 = Σ_c a_c (1 - x'_c)
+        # q_0 = exp(a·x' - a·x) with x = 1: -log q_0 = Σ_u φ_u (1 - x'_u)
         s = torch.einsum("ic,bc->bi", a.flatten(1), (xb - 1).flatten(1)).exp()  # (B, I)
         return torch.stack([s, 1 - s], -1)  # (B, I, 2)
 
@@ -120,9 +136,21 @@ def test_occlusion_saliency_linear_closed_form_on_every_mask(dtype):
     f, x, _ = _linear_model(a)
     masks = torch.tensor(list(itertools.product([False, True], repeat=6))).view(64, 2, 3)
     sm = occlusion_saliency(f, x, masks, batch_size=7)
-    # over all 2^C masks: SM_c = a_c + (1/2) Σ_{c' != c} a_c'
+    # over all 2^6 masks of one-cell blocks: SM_u = φ_u + (1/2) Σ_{u' != u} φ_u'
     expected = a + 0.5 * (a.sum((1, 2), keepdim=True) - a)
     torch.testing.assert_close(sm, expected, atol=1e-4 if dtype == torch.float32 else 1e-12, rtol=0)
+
+
+def test_occlusion_saliency_with_block_masks_ranks_cells_by_their_block():
+    g = torch.Generator().manual_seed(6)
+    a = torch.rand(1, 2, 6, generator=g, dtype=torch.float64)  # (N, 2 frames, 6 bins): 6 blocks of 1 x 2
+    f, x, _ = _linear_model(a)
+    blocks = torch.tensor(list(itertools.product([False, True], repeat=6))).view(64, 2, 3)
+    masks = blocks.repeat_interleave(2, dim=2)  # every block pattern, each block hiding 2 bins
+    sm = occlusion_saliency(f, x, masks)
+    # SM_u = φ_G + (1/2) Σ_{G' != G} φ_G' for the block G of cell u (φ_G: the block's summed effect)
+    block_effect = a.view(1, 2, 3, 2).sum(-1).repeat_interleave(2, dim=2)  # (1, 2, 6)
+    torch.testing.assert_close(sm, block_effect + 0.5 * (a.sum() - block_effect), atol=1e-12, rtol=0)
 
 
 def test_occlusion_saliency_random_masks_follow_the_expected_value():
@@ -132,7 +160,8 @@ def test_occlusion_saliency_random_masks_follow_the_expected_value():
     p = 0.3
     masks = torch.rand(20000, 4, 5, generator=g) < p
     sm = occlusion_saliency(f, x, masks, batch_size=5000)
-    # E[SM_c] = a_c + p Σ_{c' != c} a_c' = (1 - p) a_c + p S: affine in a_c, so ρ(SM, a) ≈ 1
+    # E[SM_u] = φ_u + π_occ Σ_{u' != u} φ_u' = (1 - π_occ) φ_u + π_occ Σ φ: affine in φ_u,
+    # so corr(SM, φ) ≈ 1
     expected = (1 - p) * a + p * a.sum()
     assert (sm - expected).abs().max() < 0.08  # about 4.5 standard errors of a 6000-mask average
     assert pearson_flat(sm, a) > 0.99
@@ -157,7 +186,7 @@ def test_identity_encoder_one_hot_attention_concentrates_saliency_on_the_attende
     frames = torch.tensor(list(itertools.product([False, True], repeat=T)))  # every frame mask
     sm = occlusion_saliency(f, h, frames[:, :, None].expand(-1, -1, D)).amax(-1)  # (I, T)
     assert torch.equal(sm.argmax(-1), attended)
-    for i in range(I):  # the row is k_i (1/2 + 1/2 [t = j_i]): ρ with the one-hot row is 1
+    for i in range(I):  # the row is k_i (1/2 + 1/2 [t = j_i]): corr with the one-hot row is 1
         assert abs(pearson_flat(sm[i], one_hot[i]) - 1) < 1e-9
 
 
@@ -179,11 +208,11 @@ def test_gradient_saliency_closed_form_for_a_softmax_linear_model(dtype):
     def f(xb):
         return torch.softmax(torch.einsum("ivtf,btf->biv", W, xb), -1)
 
-    p = f(x[None])[0]  # (I, V)
-    y = p.argmax(-1)
-    # ∂ log p_y / ∂x = W_y - Σ_v p_v W_v
-    expected = (W[torch.arange(2), y] - torch.einsum("iv,ivtf->itf", p, W)).abs()
-    torch.testing.assert_close(gradient_saliency(f, x), expected, atol=_tol(dtype), rtol=0)
+    p = f(x[None])[0]  # (N, V)
+    # ∂ log ŷ_i(y_i) / ∂x = W_{i,y_i} - Σ_v ŷ_iv W_iv, for the decoded tokens and for forced ones
+    for y, targets in ((p.argmax(-1), None), (p.argmin(-1), p.argmin(-1))):
+        expected = (W[torch.arange(2), y] - torch.einsum("iv,ivtf->itf", p, W)).abs()
+        torch.testing.assert_close(gradient_saliency(f, x, targets), expected, atol=_tol(dtype), rtol=0)
 
 
 def test_pearson_and_spearman_against_numpy():
@@ -193,7 +222,7 @@ def test_pearson_and_spearman_against_numpy():
     valid = torch.rand(4, 9, generator=g) > 0.3
     expected = np.corrcoef(a[valid].double().numpy(), b[valid].double().numpy())[0, 1]
     assert abs(pearson_flat(a, b, valid) - expected) < 1e-12
-    # invariant to positive affine maps of either map; ρ(a, a) = 1; a sign flip negates it
+    # invariant to positive affine maps of either map; corr(a, a) = 1; a sign flip negates it
     assert abs(pearson_flat(3 * a + 2, 0.5 * b - 1, valid) - expected) < 1e-6
     assert abs(pearson_flat(a, a) - 1) < 1e-12
     assert abs(pearson_flat(-a, b, valid) + expected) < 1e-12
@@ -269,8 +298,12 @@ def test_bad_inputs_are_refused_with_clear_errors():
         pearson_flat(torch.rand(3), torch.rand(4))
     with pytest.raises(TypeError, match="valid"):
         pearson_flat(torch.rand(3), torch.rand(3), torch.ones(3))
-    with pytest.raises(ValueError, match="p must"):
-        random_block_masks(2, 3, 4, p=1.0)
+    with pytest.raises(ValueError, match="pi_occ must"):
+        random_block_masks(2, 3, 4, pi_occ=1.0)
+    with pytest.raises(TypeError, match="targets"):
+        gradient_saliency(lambda b: torch.softmax(b, -1), x, torch.zeros(3))
+    with pytest.raises(ValueError, match="targets"):
+        gradient_saliency(lambda b: torch.softmax(b, -1), x, torch.zeros(2, dtype=torch.long))
 
 
 @on_devices_and_dtypes
@@ -295,7 +328,11 @@ def test_created_tensors_follow_the_inputs(device, dtype):
 
 
 def test_the_experiment_runs_and_is_seeded():
-    from attnbook.mechanisms.attention_vs_saliency_experiment import saliency_correlations, train_transcriber
+    from attnbook.mechanisms.attention_vs_saliency_experiment import (
+        KINDS,
+        saliency_correlations,
+        train_transcriber,
+    )
 
     torch.set_num_threads(1)
     model = train_transcriber(0, enc_layers=1, steps=3, D=16, H=2)
@@ -304,5 +341,21 @@ def test_the_experiment_runs_and_is_seeded():
         train_transcriber(0, enc_layers=1, steps=3, D=16, H=2), n_utterances=2, n_masks=8
     )
     assert first == again
+    assert set(first) == set(KINDS) | {"accuracy"}
     assert set(first["X"]) == {"l0h0", "l0h1", "l1h0", "l1h1", "layer0", "layer1", "all"}
-    assert all(-1 <= v <= 1 for kind in ("X", "H", "grad") for v in first[kind].values())
+    assert all(-1 <= v <= 1 for kind in KINDS for v in first[kind].values() if not math.isnan(v))
+
+
+def test_mixing_toy_gap_is_zero_without_mixing_and_grows_with_it():
+    from attnbook.mechanisms.attention_vs_saliency_experiment import mixing_gap, mixing_toy
+
+    toy = mixing_toy(0.3)
+    torch.testing.assert_close(toy.mix.sum(1), torch.ones(12, dtype=torch.float64))
+    p = toy.decode(toy.encode(toy.x[None]))
+    torch.testing.assert_close(p.sum(-1), torch.ones(1, 4, dtype=torch.float64))
+    assert mixing_gap(0.0, 0) == 0.0  # C = X: the same masks give the same maps
+    gaps = {a: [mixing_gap(a, s, n_masks=100) for s in range(3)] for a in (0.3, 0.6, 0.9)}
+    assert min(gaps[0.6]) > 0.1, gaps
+    assert sum(gaps[0.3]) < sum(gaps[0.6]) < sum(gaps[0.9]), gaps  # the gap grows with α
+    with pytest.raises(ValueError, match="alpha"):
+        mixing_toy(1.5)

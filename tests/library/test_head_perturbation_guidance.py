@@ -244,7 +244,7 @@ def test_ddim_with_the_exact_noise_of_a_point_mass_lands_on_it(steps, dtype):
 
     def eps_fn(x, t):
         a = ab_x[t][:, None]
-        # data = one point x_0*: ε = (x_t - sqrt(ᾱ) x_0*) / sqrt(1 - ᾱ)
+        # data = one point x_0*: ε = (x_t - sqrt(Γ) x_0*) / sqrt(1 - Γ)
         return (x - a.sqrt() * target) / (1 - a).sqrt()
 
     x = ddim_sample(eps_fn, torch.randn(3, 4, dtype=dtype), ab, steps)
@@ -256,7 +256,7 @@ def test_ddim_is_deterministic_and_matches_one_step_by_hand():
     x_T = torch.randn(2, 3, dtype=torch.float64)
     eps_fn = lambda x, t: torch.sin(x) + t[:, None].double()  # noqa: E731
     x = ddim_sample(eps_fn, x_T, ab, 1)
-    # one step from T to 0: x_0 = (x_T - sqrt(1 - ᾱ_T) ε) / sqrt(ᾱ_T)
+    # one step from T to 0: x_0 = (x_T - sqrt(1 - Γ_T) ε) / sqrt(Γ_T)
     expected = (x_T - (1 - ab[10]).sqrt() * (torch.sin(x_T) + 10)) / ab[10].sqrt()
     torch.testing.assert_close(x, expected, atol=1e-12, rtol=1e-10)
     assert torch.equal(ddim_sample(eps_fn, x_T, ab, 4), ddim_sample(eps_fn, x_T, ab, 4))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..core import mistake
-from .ch14_vision_aware_heads import _vhr_reference
+from .ch14_vision_aware_heads import _filter_chairs, _vhr_reference
 
 
 def _outputs(a, v, dtype):
@@ -18,7 +18,7 @@ def _outputs(a, v, dtype):
 
 @mistake(
     "ch14.vhd",
-    "VHD compares the head OUTPUTS z_h = a_h @ v_h (what W_O receives), not the attention maps a_h: "
+    "VHD compares the head OUTPUTS o_h = a_h @ v_h (what W_O receives), not the attention maps a_h: "
     "two heads can attend alike and write different vectors, and the maps of the two branches "
     "need not even have the same length",
 )
@@ -50,7 +50,7 @@ def vhd_in_float16(a_img, v_img, a_txt, v_txt, metric="l2"):
 
 @mistake(
     "ch14.vhd",
-    "the cosine metric is a distance, 1 - cos(z_img, z_txt): identical outputs must give 0, not 1",
+    "the cosine metric is a distance, 1 - cos(o_img, o_txt): identical outputs must give 0, not 1",
 )
 def vhd_cosine_similarity(a_img, v_img, a_txt, v_txt, metric="l2"):
     work = torch.float32 if a_img.dtype == torch.float16 else a_img.dtype
@@ -115,7 +115,7 @@ def _mentioned(objects, n_obj):
 
 @mistake(
     "ch14.chair_i",
-    "an object named twice in one caption counts once: M_b is the SET of objects caption b mentions",
+    "an object named twice in one caption counts once: C_b is the SET of objects caption b mentions",
 )
 def chair_counts_repeats(objects, present):
     real = objects >= 0
@@ -125,7 +125,7 @@ def chair_counts_repeats(objects, present):
 
 @mistake(
     "ch14.chair_i",
-    "CHAIR_i pools all captions: total hallucinated objects over total mentioned objects, not the mean "
+    "CHAIR_I pools all captions: total hallucinated objects over total mentioned objects, not the mean "
     "of the per-caption ratios",
 )
 def chair_mean_of_ratios(objects, present):
@@ -152,3 +152,13 @@ def vhr_one_shot(model, tokens_img, tokens_txt, alpha):
 )
 def vhr_every_position(model, tokens_img, tokens_txt, alpha):
     return _vhr_reference(model, tokens_img, tokens_txt, alpha, every_position=True)
+
+
+@mistake(
+    "ch14.filter_experiment",
+    "caption the COUNTERFACTUAL test images (object_captions(..., counterfactual=True)): on ordinary "
+    "images each pair's partner is present, the co-occurrence prior is right and there is almost no "
+    "hallucination to measure",
+)
+def filter_experiment_ordinary_images(seed):
+    return _filter_chairs(seed, counterfactual=False)

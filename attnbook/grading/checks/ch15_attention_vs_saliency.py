@@ -1,8 +1,9 @@
 """Chapter 15 checks: aggregating cross-attention, occlusion saliency and their correlation.
 
-Each @task grades one function of exercises/ch15_attention_vs_saliency.py on fresh random inputs against an
-independent reference, written here with explicit loops over heads, windows, masks and cells, apart
-from attnbook.mechanisms.attention_vs_saliency. Each @mistake declares a common wrong answer with the
+Each @task grades one function of exercises/ch15_attention_vs_saliency.py on fresh random inputs against a
+reference written here (explicit loops over heads, windows, masks and cells, numpy's corrcoef), apart
+from the library's attnbook.mechanisms.attention_vs_saliency; the experiment's reference takes only the
+toy model itself (mixing_toy) from the library. Each @mistake declares a common wrong answer with the
 hint a learner gets when their answer matches it.
 """
 
@@ -13,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from ...mechanisms.attention_vs_saliency_experiment import mixing_toy
 from ..core import CheckFailed, case, mistake, task
 from ..expect import describe, expect_close, expect_number, fresh_generator
 
@@ -25,7 +27,7 @@ def _unchanged(before: dict, after: dict, what: str) -> None:
 
 # ---- aggregate_ca ------------------------------------------------------------------------------
 
-# (L, H, I, T', layers, heads, dtype): one head, one layer, negative indices, all, odd sizes
+# (L, H, N, M, layers, heads, dtype): one head, one layer, negative indices, all, odd sizes
 AGG_CASES = (
     (2, 4, 3, 7, [1], [2], torch.float64),
     (3, 2, 5, 4, [-1], None, torch.float32),
@@ -37,7 +39,7 @@ AGG_CASES = (
 
 @task("ch15.aggregate_ca", points=1)
 def check_aggregate_ca(fn):
-    """The mean of CA over the chosen layers × heads, (I, T'), rows still summing to 1."""
+    """The mean of CA over the chosen set 𝓗 = layers × heads, (N, M), rows still summing to 1."""
     g, _ = fresh_generator()
     for L, H, I, T, layers, heads, dtype in AGG_CASES:
         ca = torch.softmax(3 * torch.randn(L, H, I, T, generator=g, dtype=torch.float64), -1).to(dtype)
@@ -54,11 +56,11 @@ def check_aggregate_ca(fn):
                 answer,
                 (expected / len(chosen)).to(dtype),
                 what=what,
-                hint="average over the |S| = len(layers) · len(heads) chosen maps",
+                hint="average over the |𝓗| = len(layers) · len(heads) chosen maps",
             )
 
 
-@mistake("ch15.aggregate_ca", "a sum over the chosen heads, not a mean: divide by |S| so each row sums to 1")
+@mistake("ch15.aggregate_ca", "a sum over the chosen heads, not a mean: divide by |𝓗| so rows sum to 1")
 def aggregate_ca_sum(ca, layers=None, heads=None):
     L, H = ca.shape[:2]
     rows = list(range(L)) if layers is None else [i % L for i in layers]
@@ -68,7 +70,7 @@ def aggregate_ca_sum(ca, layers=None, heads=None):
 
 # ---- reduce_saliency ---------------------------------------------------------------------------
 
-# (I, T, F, t_out, freq, time, dtype): T not a multiple of t_out, the mixed reductions
+# (N, n_frame, n_freq, t_out = M, freq, time, dtype): M not dividing n_frame, the mixed reductions
 REDUCE_CASES = (
     (2, 11, 5, 6, "max", "mean", torch.float64),
     (3, 9, 4, 4, "max", "max", torch.float32),
@@ -80,7 +82,7 @@ REDUCE_CASES = (
 
 @task("ch15.reduce_saliency", points=1)
 def check_reduce_saliency(fn):
-    """Frequency reduced first, then time pooled over adaptive windows [floor(jT/T'), ceil((j+1)T/T'))."""
+    """Frequency reduced first, then time pooled over the adaptive windows [floor(jn/M), ceil((j+1)n/M))."""
     g, _ = fresh_generator()
     for I, T, F, t_out, freq, time, dtype in REDUCE_CASES:
         sm = torch.rand(I, T, F, generator=g, dtype=torch.float64).pow(3).to(dtype)
@@ -100,7 +102,7 @@ def check_reduce_saliency(fn):
                 answer,
                 expected.to(dtype),
                 what=what,
-                hint="windows j cover frames floor(j T / T') ... ceil((j+1) T / T') - 1",
+                hint="window j covers frames floor(j n_frame / M) ... ceil((j+1) n_frame / M) - 1",
             )
 
 
@@ -115,11 +117,23 @@ def reduce_time_first(sm, t_out, freq="max", time="max"):
     return pooled.amax(-1) if freq == "max" else pooled.mean(-1)
 
 
+@mistake(
+    "ch15.reduce_saliency",
+    "pooled with a fixed stride n_frame // M, which drops the last frames when M does not divide "
+    "n_frame: use the adaptive windows",
+)
+def reduce_fixed_stride(sm, t_out, freq="max", time="max"):
+    per_frame = sm.amax(-1) if freq == "max" else sm.mean(-1)  # (N, n_frame)
+    k = sm.shape[1] // t_out
+    pool = torch.nn.functional.max_pool1d if time == "max" else torch.nn.functional.avg_pool1d
+    return pool(per_frame[:, None, :], k)[:, 0, :t_out]
+
+
 # ---- occlusion_saliency ------------------------------------------------------------------------
 
 
 def _forced_decoder(g, T, F, I, V, dtype):
-    """A fixed random 'model': p_i(x) = softmax(W_i tanh(x) + b_i), (B, T, F) -> (B, I, V)."""
+    """A fixed random 'model': ŷ_i(x) = softmax(W_i tanh(x) + b_i), (B, n_frame, n_freq) -> (B, N, V)."""
     W = torch.randn(I, V, T, F, generator=g, dtype=dtype)
     b = torch.randn(I, V, generator=g, dtype=dtype)
 
@@ -129,7 +143,7 @@ def _forced_decoder(g, T, F, I, V, dtype):
     return f
 
 
-# (T, F, I, V, M, p, dtype): a cell no mask occludes in the last case
+# (n_frame, n_freq, N, V, n_occ, π_occ, dtype): a cell no mask hides in the last case
 OCC_CASES = (
     (4, 3, 2, 5, 40, 0.5, torch.float64),
     (5, 2, 3, 4, 33, 0.3, torch.float32),
@@ -139,7 +153,7 @@ OCC_CASES = (
 
 @task("ch15.occlusion_saliency", points=2)
 def check_occlusion_saliency(fn):
-    """SM_{i,c} = mean of KL(p_i(x) ‖ p_i(x_m)) over the masks m that occlude cell c (0 if none)."""
+    """SM_{i,tν} = mean of KL(ŷ_i(x) ‖ ŷ_i^(r)) over the masks r that hide cell (t, ν) (0 if none)."""
     g, _ = fresh_generator()
     for n, (T, F, I, V, M, p, dtype) in enumerate(OCC_CASES):
         f = _forced_decoder(g, T, F, I, V, dtype)
@@ -147,7 +161,9 @@ def check_occlusion_saliency(fn):
         masks = torch.rand(M, T, F, generator=g) < p
         if n == len(OCC_CASES) - 1:
             masks[:, 0, 0] = False
-        what = f"occlusion_saliency({describe({'T': T, 'F': F, 'I': I, 'M': M, 'dtype': dtype})})"
+        what = (
+            f"occlusion_saliency({describe({'n_frame': T, 'n_freq': F, 'N': I, 'n_occ': M, 'dtype': dtype})})"
+        )
         with case():
             before = {"x": x.clone(), "masks": masks.clone()}
             answer = fn(f, x, masks)
@@ -197,7 +213,7 @@ def _kl(p, q):
 
 @mistake(
     "ch15.occlusion_saliency",
-    "averaged over all M masks: divide each cell's sum by the number of masks that occlude it",
+    "averaged over all n_occ masks: divide each cell's sum by the number of masks that hide it",
 )
 def occlusion_over_all_masks(f, x, masks):
     total, _ = _occlusion(f, x, masks, _kl)
@@ -271,3 +287,121 @@ def pearson_ignores_valid(a, b, valid=None):
     if a.min() == a.max() or b.min() == b.max():
         return float("nan")
     return float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
+
+
+# ---- mixing_gap (experiment) -------------------------------------------------------------------
+
+MIX_ALPHAS = (0.0, 0.6)
+MIX_TOL = 1e-6
+
+
+def _mixing_maps(alpha, seed, *, same_masks=True, x_through_encoder=True, score=None, over_all=False):
+    """(CA, SM^X, SM^C) of the recipe on mixing_toy(alpha), each (N, M); the keywords make its mistakes."""
+    toy = mixing_toy(alpha)
+    T, F = toy.x.shape
+    g = torch.Generator().manual_seed(seed)
+    masks = (torch.rand(200, T, 1, generator=g) < 0.5).expand(-1, -1, F)
+    masks_c = masks if same_masks else (torch.rand(200, T, 1, generator=g) < 0.5).expand(-1, -1, F)
+    c = toy.encode(toy.x[None])[0]
+    ca = toy.cross_attention(c[None])[0]
+
+    def occ(f, x, m):
+        with torch.no_grad():
+            total, hidden = _occlusion(f, x, m, score or _kl)
+        return (total / (m.shape[0] if over_all else hidden.clamp(min=1))).amax(-1)
+
+    if x_through_encoder:
+        sm_x = occ(lambda xb: toy.decode(toy.encode(xb)), toy.x, masks)
+    else:
+        sm_x = occ(toy.decode, c, masks)
+    return ca, sm_x, occ(toy.decode, c, masks_c)
+
+
+def _rho(a, b):
+    return float(np.corrcoef(a.reshape(-1).numpy(), b.reshape(-1).numpy())[0, 1])
+
+
+def _reference_gap(alpha, seed):
+    ca, sm_x, sm_c = _mixing_maps(alpha, seed)
+    return _rho(ca, sm_c) - _rho(ca, sm_x)
+
+
+@task("ch15.mixing_gap", points=2)
+def check_mixing_gap(fn):
+    """corr(CA, SM^C) - corr(CA, SM^X) on the mixing toy: the recipe fixes the masks, so per seed the
+    answer must equal the reference's within 1e-6 (0 at alpha = 0)."""
+    gen, _ = fresh_generator()
+    first = int(torch.randint(10, 1000, (1,), generator=gen))
+    for alpha in MIX_ALPHAS:
+        with case():
+            for seed in (first, first + 1, first + 2):
+                what = f"mixing_gap({alpha}, {seed})"
+                value = expect_number(fn(alpha, seed), what, expected="a float")
+                expected = _reference_gap(alpha, seed)
+                if not abs(value - expected) <= MIX_TOL:
+                    why = (
+                        "at alpha = 0 the encoder is the identity (C = X): with one draw of masks for both "
+                        "maps the two maps are equal and the gap is 0"
+                        if alpha == 0
+                        else f"the recipe fixes the masks, so the answer is {expected:.6f} within {MIX_TOL:g}"
+                    )
+                    raise CheckFailed(
+                        f"{what} = {value:.6f}; {why}",
+                        hint="ONE draw of masks from the seed for both maps; SM^X occludes toy.x and runs "
+                        "toy.encode then toy.decode, SM^C occludes C = toy.encode(x) and runs toy.decode "
+                        "alone; KL scores averaged over the masks that hide each frame, max over the "
+                        "features; return corr(CA, SM^C) - corr(CA, SM^X) (Pearson)",
+                    )
+
+
+@mistake("ch15.mixing_gap", "the gap has the wrong sign: return corr(CA, SM^C) - corr(CA, SM^X)")
+def mixing_gap_reversed(alpha, seed):
+    ca, sm_x, sm_c = _mixing_maps(alpha, seed)
+    return _rho(ca, sm_x) - _rho(ca, sm_c)
+
+
+@mistake(
+    "ch15.mixing_gap",
+    "SM^X occluded the encoder frames: occlude the input x and run it through toy.encode, then toy.decode",
+)
+def mixing_gap_without_encoder(alpha, seed):
+    ca, sm_x, sm_c = _mixing_maps(alpha, seed, x_through_encoder=False)
+    return _rho(ca, sm_c) - _rho(ca, sm_x)
+
+
+@mistake("ch15.mixing_gap", "two draws of masks: occlude X and C with the SAME masks drawn from the seed")
+def mixing_gap_two_mask_sets(alpha, seed):
+    ca, sm_x, sm_c = _mixing_maps(alpha, seed, same_masks=False)
+    return _rho(ca, sm_c) - _rho(ca, sm_x)
+
+
+@mistake(
+    "ch15.mixing_gap",
+    "scored only the decoded token's probability drop: score each mask with the KL divergence of the "
+    "whole output distribution",
+)
+def mixing_gap_drop_score(alpha, seed):
+    def drop(p, q):
+        y = p.argmax(-1)  # (N,)
+        return p.gather(-1, y[:, None])[:, 0] - q[:, torch.arange(len(y)), y]
+
+    ca, sm_x, sm_c = _mixing_maps(alpha, seed, score=drop)
+    return _rho(ca, sm_c) - _rho(ca, sm_x)
+
+
+@mistake(
+    "ch15.mixing_gap",
+    "averaged each frame's scores over all masks: divide by the number of masks that hide the frame",
+)
+def mixing_gap_over_all_masks(alpha, seed):
+    ca, sm_x, sm_c = _mixing_maps(alpha, seed, over_all=True)
+    return _rho(ca, sm_c) - _rho(ca, sm_x)
+
+
+@mistake("ch15.mixing_gap", "a rank (Spearman) correlation: the gap is between Pearson correlations")
+def mixing_gap_spearman(alpha, seed):
+    def ranks(t):
+        return np.argsort(np.argsort(t.reshape(-1).numpy())).astype(float)
+
+    ca, sm_x, sm_c = _mixing_maps(alpha, seed)
+    return float(np.corrcoef(ranks(ca), ranks(sm_c))[0, 1] - np.corrcoef(ranks(ca), ranks(sm_x))[0, 1])

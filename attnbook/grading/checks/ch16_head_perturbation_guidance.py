@@ -3,7 +3,9 @@
 The references are written here, independently of the learner's code and of
 attnbook.mechanisms.head_perturbation_guidance: SoftPAG one head at a time from an explicit
 softmax and the identity; the guided prediction in its (1 + w) ε - w ε̃ form; the greedy step
-by scoring and a stable sort; the DDIM step from its two closed-form lines.
+by scoring and a stable sort; the DDIM step from its two closed-form lines; the experiment (the
+guided exact denoiser of the prototype images) from the distances and the softmax written out,
+its range measured over 600 seeds.
 
 The common mistakes (the @mistake declarations) live in ``ch16_head_perturbation_guidance_mistakes.py``.
 """
@@ -140,7 +142,7 @@ def check_headhunter_step(fn):
 
 @task("ch16.ddim_step", points=1)
 def check_ddim_step(fn):
-    """x_{t'} = sqrt(ᾱ_{t'}) x̂_0 + sqrt(1 - ᾱ_{t'}) ε with x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t)."""
+    """x_{t'} = sqrt(Γ_{t'}) x̂_0 + sqrt(1 - Γ_{t'}) ε with x̂_0 = (x_t - sqrt(1 - Γ_t) ε) / sqrt(Γ_t)."""
     g, _ = fresh_generator()
     for shape, ab_t, ab_next, dtype in (
         ((2, 16, 4), 0.3, 0.55, torch.float64),
@@ -155,3 +157,87 @@ def check_ddim_step(fn):
             answer = fn(x_t, eps, ab_t, ab_next)
             # with the true noise, the step lands exactly on the forward process at t'
             expect_close(answer, math.sqrt(ab_next) * x0 + math.sqrt(1 - ab_next) * eps, what=what)
+
+
+# The experiment: the exact denoiser of the 54 prototype images (no training), 2 DDIM steps
+MEMORY_SAMPLES, MEMORY_STEPS, MEMORY_T = 64, 2, 100
+# memory_reference's distance per seed at w = 0, 1, 4, and the paired gain from w = 0 to w = 1:
+# (mean, standard deviation) over seeds 0 … 599, measured once and written here. A mean over 3 seeds
+# has standard deviation sd / sqrt(3); over every triple of consecutive seeds the check can draw
+# (100 … 10001) the reference's 3-seed means lie within 4.8 of those deviations of the mean, so the
+# check accepts ±6.
+MEMORY_STATS = {0.0: (0.07122, 0.00994), 1.0: (0.04710, 0.00896), 4.0: (0.07633, 0.01334)}
+MEMORY_GAIN = (0.02412, 0.00483)
+MEMORY_BAND = 6.0
+
+
+def _cosine_alpha_bar(T, s=0.008):
+    """Γ_t = cos²((t/T + s)/(1 + s) · π/2) / cos²(s/(1 + s) · π/2), t = 0 … T, floored at 1e-4."""
+    t = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return (f / f[0]).clamp(min=1e-4)
+
+
+def memory_reference(seed, w):
+    """Mean distance to the nearest prototype of 64 samples of the memory denoiser, guided with scale w."""
+    from ...tasks.template_images import prototypes
+
+    memory = prototypes()[0].reshape(-1, 64).double()  # (54, 64)
+    gamma = _cosine_alpha_bar(MEMORY_T)
+    x = torch.randn(MEMORY_SAMPLES, 64, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    times = torch.linspace(MEMORY_T, 0, MEMORY_STEPS + 1).round().long().tolist()
+    for t, t_next in zip(times[:-1], times[1:]):
+        g = gamma[t]
+        # posterior weights over the stored images, and the uniform weights of the weak model
+        weights = torch.softmax(-(torch.cdist(x, g.sqrt() * memory) ** 2) / (2 * (1 - g)), dim=-1)
+        uniform = torch.full_like(weights, 1 / memory.shape[0])
+        eps, eps_weak = ((x - g.sqrt() * (a @ memory)) / (1 - g).sqrt() for a in (weights, uniform))
+        eps = (1 + w) * eps - w * eps_weak
+        x0 = ((x - (1 - g).sqrt() * eps) / g.sqrt()).clamp(-1, 1)
+        eps = (x - g.sqrt() * x0) / (1 - g).sqrt()
+        x = gamma[t_next].sqrt() * x0 + (1 - gamma[t_next]).sqrt() * eps
+    return ((x[:, None] - memory[None]) ** 2).mean(-1).amin(-1).mean().item()
+
+
+def _band(mean, sd):
+    """The accepted range of a mean over 3 seeds: mean ± MEMORY_BAND · sd / sqrt(3)."""
+    half = MEMORY_BAND * sd / math.sqrt(3)
+    return mean - half, mean + half
+
+
+@task("ch16.memory_guidance", points=3, time_limit=60.0)
+def check_memory_guidance(fn):
+    """The guided memory denoiser's distance over 3 seeds at w = 0, 1, 4, in the reference's ranges."""
+    gen, _ = fresh_generator()
+    first = int(torch.randint(100, 10_000, (1,), generator=gen))
+    seeds = (first, first + 1, first + 2)
+    measured = {}
+    for w, (ref_mean, ref_sd) in MEMORY_STATS.items():
+        low, high = _band(ref_mean, ref_sd)
+        with case():
+            values = [fn(seed, w) for seed in seeds]
+            for value in values:
+                if not isinstance(value, float) or not math.isfinite(value):
+                    raise CheckFailed(f"memory_guidance(seed, {w}) must return a finite float, got {value!r}")
+            mean = measured[w] = sum(values) / len(values)
+            if not low <= mean <= high:
+                raise CheckFailed(
+                    f"memory_guidance(seed, w={w}) averages {mean:.4f} over seeds {seeds}; the reference "
+                    f"averages {ref_mean:.4f} per seed, and its means over 3 seeds lie in {low:.4f} … "
+                    f"{high:.4f}",
+                    hint="64 samples from torch.randn(64, 8, 8) of the seed (float64), 2 DDIM steps on the "
+                    "cosine schedule of T = 100 with x̂_0 clamped to [-1, 1], guidance ε + w (ε - ε̃)",
+                )
+    # the effect itself, paired on the same seeds: the gain from w = 0 to w = 1
+    if 0.0 in measured and 1.0 in measured:
+        low, _ = _band(*MEMORY_GAIN)
+        with case():
+            gain = measured[0.0] - measured[1.0]
+            if gain < low:
+                raise CheckFailed(
+                    f"over seeds {seeds}, guidance at w = 1 lowers the distance by {gain:.4f} (from w = 0); "
+                    f"the reference's gain averages {MEMORY_GAIN[0]:.4f} per seed and, over 3 seeds, is at "
+                    f"least {low:.4f}",
+                    hint="the weak model is the same denoiser with uniform weights 1/54 over the stored "
+                    "images, and the guided noise is ε + w (ε - ε̃)",
+                )

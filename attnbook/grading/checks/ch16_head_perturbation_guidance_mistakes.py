@@ -97,7 +97,7 @@ def headhunter_reselects(candidates, selected, evaluate, k):
 
 @mistake(
     "ch16.ddim_step",
-    "ᾱ scales variances: x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε, so the step uses square roots of ᾱ",
+    "Γ scales variances: x_t = sqrt(Γ_t) x_0 + sqrt(1 - Γ_t) ε, so the step uses square roots of Γ",
 )
 def ddim_without_square_roots(x_t, eps, alpha_bar_t, alpha_bar_next):
     x0 = (x_t - (1 - alpha_bar_t) * eps) / alpha_bar_t
@@ -106,7 +106,18 @@ def ddim_without_square_roots(x_t, eps, alpha_bar_t, alpha_bar_next):
 
 @mistake(
     "ch16.ddim_step",
-    "return x at the next time t' (the clean estimate x̂_0 re-noised with ᾱ_{t'}), not x̂_0 itself",
+    "return x at the next time t' (the clean estimate x̂_0 re-noised with Γ_{t'}), not x̂_0 itself",
 )
 def ddim_returns_clean_estimate(x_t, eps, alpha_bar_t, alpha_bar_next):
     return (x_t - math.sqrt(1 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
+
+
+@mistake(
+    "ch16.memory_guidance",
+    "guidance moves AWAY from the weak model (uniform weights): ε + w (ε - ε̃); toward it, the samples "
+    "drift to the mean image",
+)
+def memory_guidance_toward_weak(seed, w):
+    from .ch16_head_perturbation_guidance import memory_reference
+
+    return memory_reference(seed, -w)
