@@ -443,6 +443,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Object-level attention",
         mechanism="object tokens, spatial encoding, scanpaths",
         paper="OAT 2024",
+        status="draft",
+        checks=("ch17.attention_weights",),
         bib_keys=("fang2024oat",),
     ),
     Chapter(
@@ -451,6 +453,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Shifted windows",
         mechanism="window and shifted-window attention",
         paper="HiDiffusion 2023",
+        status="draft",
+        checks=("ch18.attention_weights",),
         bib_keys=("zhang2023hidiffusion", "liu2021swin"),
     ),
     Chapter(
@@ -459,6 +463,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Varied windows",
         mechanism="learned window size and location",
         paper="VSA 2022; VWA 2024",
+        status="draft",
+        checks=("ch19.attention_weights",),
         bib_keys=("zhang2022vsa", "yan2024multiscale"),
     ),
     Chapter(
