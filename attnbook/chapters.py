@@ -444,7 +444,12 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="object tokens, spatial encoding, scanpaths",
         paper="OAT 2024",
         status="draft",
-        checks=("ch17.attention_weights",),
+        checks=(
+            "ch17.fit_gaussian_pe",
+            "ch17.object_tokens",
+            "ch17.pointer_logits",
+            "ch17.normalized_levenshtein",
+        ),
         bib_keys=("fang2024oat",),
     ),
     Chapter(
@@ -454,7 +459,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="window and shifted-window attention",
         paper="HiDiffusion 2023",
         status="draft",
-        checks=("ch18.attention_weights",),
+        checks=("ch18.msw_partition", "ch18.msw_reverse", "ch18.msw_mask", "ch18.share_prob"),
         bib_keys=("zhang2023hidiffusion", "liu2021swin"),
     ),
     Chapter(
@@ -464,7 +469,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         mechanism="learned window size and location",
         paper="VSA 2022; VWA 2024",
         status="draft",
-        checks=("ch19.attention_weights",),
+        checks=("ch19.vsa_grid", "ch19.vsa_attention", "ch19.copy_shift_pad", "ch19.space_to_depth"),
         bib_keys=("zhang2022vsa", "yan2024multiscale"),
     ),
     Chapter(
