@@ -182,10 +182,10 @@ def _forward(q, k, v, causal: bool, scale: float):
     when the call is large enough for it to pay off (``hopper.worth_it``); everywhere else, and
     with ``ATTNBOOK_WS=0``, v2 below.
     """
-    if (
+    if (  # the arithmetic first: small calls, where the host's time counts, skip the device query
         launch.USE_WARP_SPECIALIZED
-        and hopper.available(q, k, v)
         and hopper.worth_it(*q.shape[:3], k.shape[2], q.shape[3], causal)
+        and hopper.available(q, k, v)
     ):
         return hopper.forward(q, k, v, causal, scale)
     B, H, N, d = q.shape

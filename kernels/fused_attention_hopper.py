@@ -12,10 +12,10 @@ warpgroup matmuls (wgmma), mbarriers and warp specialization directly:
 
 1. **Producer / consumers.** One *loader* warp only issues bulk copies (TMA) of K and V tiles into
    a ring of STAGES shared-memory slots; an mbarrier per slot says "full", another "empty". Two
-   *consumer warpgroups* (4 warps each) own 64 query rows each of the program's 128.
+   *consumer warpgroups* (4 warps each; three with ``consumers=3``) own 64 query rows each.
 2. **Ping-pong.** The consumers take turns at the tensor cores: warpgroup 0 issues its matmuls,
-   passes the turn, and runs its softmax while warpgroup 1's matmuls execute, and so on. Two
-   mbarriers (``turn``) hand the turn over.
+   passes the turn, and runs its softmax while warpgroup 1's matmuls execute, and so on (round
+   robin). One mbarrier per consumer (``turn``) hands the turn over.
 3. **Inside a warpgroup** (intra-warpgroup pipelining): the loop issues S_j = Q K_jᵀ and
    O += P_{j−1} V_{j−1} back to back, waits for S_j only, and computes the softmax of block j
    while P_{j−1}V_{j−1} still runs:
@@ -27,7 +27,7 @@ warpgroup matmuls (wgmma), mbarriers and warp specialization directly:
    and P_{j−1} = 2^{S_{j−1}·s·log2 e − m_{j−1}}; adding P_{j−1}V_{j−1} and then rescaling by
    α_j = 2^{m_{j−1} − m_j} leaves blocks ≤ j−1 at m_j.
 
-Shapes: one program per (128 query rows, batch·head); q, o: (B, H, N, d), k, v: (B, H, M, d),
+Shapes: one program per (64 query rows per consumer, batch·head); q, o: (B, H, N, d), k, v: (B, H, M, d),
 contiguous, d in {64, 128}, float16 or bfloat16, sm_90 only. The tensor descriptors are made on
 the host and are 3-d, (B·H, rows, d), so a copy never crosses into the next head: ragged tails are
 zero-filled on load and clipped on store. Causal follows
@@ -35,7 +35,7 @@ zero-filled on load and clipped on store. Causal follows
 
 Everything else (other GPUs, other head widths, the CPU interpreter, Triton builds without Gluon)
 runs v2: :func:`available` says whether this path can run, :func:`worth_it` whether a call is large
-enough to hide v4's host cost, :func:`forward` runs it. Measured in ``NOTES.md`` (runs 7 and 8).
+enough to hide v4's host cost, :func:`forward` runs it. Measured in ``NOTES.md`` (runs 7 to 9).
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ RUNGS = [  # rung, run, source file, impl in it (or one per mode), how to reprod
         reproduce=f"git checkout f970126; {RUN6}",
         idea="a loader warp and two consumer warpgroups taking turns at the tensor cores (Gluon); "
         "a 3-stage K/V ring",
-        ceiling="backward as v3; short calls: ~50 µs more host time per call than v2",
+        ceiling="backward as v3; short calls: 50–100 µs more host time per call than v2",
     ),
     dict(
         rung="cuDNN (peer)",
